@@ -1,0 +1,21 @@
+"""The ``xchg`` command line: one entry point for every operation.
+
+Each command group lives in its own module of this package and is mounted here. Commands never
+print a traceback for an expected failure: they raise ``typer.Exit`` after a one-line error
+(see ``streams.cli.errors``).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from streams.cli import bench, engine
+
+app = typer.Typer(
+    name="xchg",
+    help="Kafka-streaming exchange pipeline: matching, sinks, settlement and operations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(engine.app, name="engine")
+app.add_typer(bench.app, name="bench")
