@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from streams.cli import bench, engine
+from streams.cli import bench, db, engine, infra, topics
 
 app = typer.Typer(
     name="xchg",
@@ -17,5 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(infra.app, name="infra")
+app.add_typer(topics.app, name="topics")
+app.add_typer(db.app, name="db")
 app.add_typer(engine.app, name="engine")
 app.add_typer(bench.app, name="bench")

@@ -1,0 +1,29 @@
+"""``xchg db migrate``: schema migrations for the analytics database."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from connectors.timescale.migrations import migrate as run_migrations
+from streams.cli.errors import fail, guarded
+from streams.settings import load_settings
+
+app = typer.Typer(help="The analytics database (PostgreSQL / TimescaleDB).", no_args_is_help=True)
+console = Console(highlight=False)
+
+
+@app.command()
+@guarded
+def migrate() -> None:
+    """Apply pending migrations (re-runnable: applied ones are skipped, changed ones refused)."""
+    import psycopg
+
+    try:
+        mode, applied = run_migrations(load_settings().writer_dsn())
+    except psycopg.OperationalError as error:
+        raise fail(f"cannot reach the database: {str(error).strip().splitlines()[0]} "
+                   "(start it with `xchg infra up postgres`)") from None
+    for migration in applied:
+        console.print(f"[green]applied[/green] {migration.path.name}")
+    console.print(f"storage mode: {mode}; {len(applied)} migration(s) applied now")

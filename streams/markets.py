@@ -1,0 +1,110 @@
+"""The market registry: symbol, assets, integer units, tick, lot, minimum size and price band.
+
+Loaded from ``infra/markets.yaml`` (``EXCHANGE_MARKETS_FILE``) and shared by every component, so
+the engine, the load generator, the sink and settlement agree on units. ``MarketConfig.spec()``
+is the engine's integer view (``streams.domain.market.MarketSpec``).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from streams.domain.market import MarketSpec, UnitError, from_units, to_units
+
+
+class RegistryError(ValueError):
+    """The market file is missing or invalid; the message names the market and field."""
+
+
+class MarketConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    symbol: str = Field(pattern=r"^[A-Z0-9]+-[A-Z0-9]+$")
+    base: str
+    quote: str
+    price_decimals: int = Field(ge=0, le=18)
+    qty_decimals: int = Field(ge=0, le=18)
+    tick_size: Decimal = Field(gt=0)
+    lot_size: Decimal = Field(gt=0)
+    min_qty: Decimal | None = Field(default=None, gt=0)
+    price_band_pct: Decimal | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _exact_units(self) -> MarketConfig:
+        try:
+            to_units(self.tick_size, self.price_decimals)
+            to_units(self.lot_size, self.qty_decimals)
+            to_units(self.min_qty or self.lot_size, self.qty_decimals)
+        except UnitError as error:
+            raise ValueError(f"{self.symbol}: {error}") from None
+        if f"{self.base}-{self.quote}" != self.symbol:
+            raise ValueError(f"{self.symbol}: symbol must be BASE-QUOTE ({self.base}-{self.quote})")
+        return self
+
+    def spec(self) -> MarketSpec:
+        band_num, band_den = MarketSpec.band_fraction(self.price_band_pct)
+        return MarketSpec(
+            market=self.symbol,
+            tick=to_units(self.tick_size, self.price_decimals),
+            lot=to_units(self.lot_size, self.qty_decimals),
+            min_qty=to_units(self.min_qty or self.lot_size, self.qty_decimals),
+            band_num=band_num,
+            band_den=band_den,
+        )
+
+    def price(self, units: int) -> Decimal:
+        return from_units(units, self.price_decimals)
+
+    def qty(self, units: int) -> Decimal:
+        return from_units(units, self.qty_decimals)
+
+
+class MarketRegistry:
+    def __init__(self, markets: list[MarketConfig]) -> None:
+        self._by_symbol = {m.symbol: m for m in markets}
+        if len(self._by_symbol) != len(markets):
+            raise RegistryError("duplicate market symbol in the registry")
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_symbol.values())
+
+    def __len__(self) -> int:
+        return len(self._by_symbol)
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._by_symbol
+
+    def get(self, symbol: str) -> MarketConfig:
+        try:
+            return self._by_symbol[symbol]
+        except KeyError:
+            known = ", ".join(sorted(self._by_symbol))
+            raise RegistryError(f"unknown market {symbol!r} (known: {known})") from None
+
+    def symbols(self) -> list[str]:
+        return sorted(self._by_symbol)
+
+    @classmethod
+    def load(cls, path: Path) -> MarketRegistry:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise RegistryError(f"market file {path} not found (EXCHANGE_MARKETS_FILE)") from None
+        except yaml.YAMLError as error:
+            raise RegistryError(f"market file {path} is not valid YAML: {error}") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("markets"), list):
+            raise RegistryError(f"market file {path}: expected a top-level 'markets:' list")
+        markets = []
+        for index, entry in enumerate(raw["markets"]):
+            try:
+                markets.append(MarketConfig.model_validate(entry))
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                name = entry.get("symbol", f"#{index}") if isinstance(entry, dict) else f"#{index}"
+                raise RegistryError(f"market file {path}: market {name}: {where}: {first['msg']}") from None
+        return cls(markets)

@@ -1,0 +1,7 @@
+"""The one error type of the service launchers: a single actionable line for the operator."""
+
+from __future__ import annotations
+
+
+class ServiceError(RuntimeError):
+    """A service could not be prepared, started or reached. ``str()`` is one line with the fix."""

@@ -1,0 +1,108 @@
+"""Process settings: one frozen object per process, read from ``EXCHANGE_*`` environment variables.
+
+Every port, data directory and endpoint of the pipeline is a field here, so two checkouts can run
+side by side by changing the environment alone. Secrets are ``SecretStr`` and print as ``**********``.
+Malformed values fail at start-up with a one-line message naming the variable (see
+``load_settings``), never with a traceback.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class SettingsError(ValueError):
+    """Configuration that cannot be used; the message names the variable and the fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXCHANGE_", frozen=True, extra="ignore")
+
+    # Where the project keeps PIDs, logs and service data (git-ignored).
+    runtime_dir: Path = Field(default=PROJECT_ROOT / ".run")
+    topics_file: Path = Field(default=PROJECT_ROOT / "infra" / "kafka" / "topics.yaml")
+    markets_file: Path = Field(default=PROJECT_ROOT / "infra" / "markets.yaml")
+
+    # Kafka. An explicit bootstrap list means "use that cluster, start nothing".
+    kafka_bootstrap: str | None = None
+    kafka_port: int = Field(default=19092, ge=1024, le=65000)
+    kafka_controller_port: int = Field(default=19093, ge=1024, le=65000)
+    kafka_heap: str = "1g"
+    schema_registry_url: str | None = None
+
+    # PostgreSQL. An explicit database_url means "use that server, start nothing".
+    database_url: SecretStr | None = None
+    pg_port: int = Field(default=15432, ge=1024, le=65535)
+    pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    pg_database: str = "xchg"
+    pg_writer_user: str = "xchg_writer"
+    pg_writer_password: SecretStr = SecretStr("xchg-writer-dev")
+    pg_analyst_user: str = "xchg_analyst"
+    pg_analyst_password: SecretStr = SecretStr("xchg-analyst-dev")
+
+    # Chain (anvil). An explicit rpc_url means "use that node, start nothing".
+    rpc_url: str | None = None
+    anvil_port: int = Field(default=18545, ge=1024, le=65535)
+    chain_id: int = Field(default=31337, gt=0)
+
+    @field_validator("kafka_heap")
+    @classmethod
+    def _heap_has_unit(cls, value: str) -> str:
+        if not value[:-1].isdigit() or value[-1].lower() not in "mg":
+            raise ValueError("must look like 512m or 1g")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def local_kafka(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def local_postgres(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def local_chain(self) -> bool:
+        return self.rpc_url is None
+
+    @property
+    def chain_rpc_url(self) -> str:
+        return self.rpc_url or f"http://127.0.0.1:{self.anvil_port}"
+
+    def writer_dsn(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return (
+            f"postgresql://{self.pg_writer_user}:{self.pg_writer_password.get_secret_value()}"
+            f"@127.0.0.1:{self.pg_port}/{self.pg_database}"
+        )
+
+    def analyst_dsn(self) -> str:
+        return (
+            f"postgresql://{self.pg_analyst_user}:{self.pg_analyst_password.get_secret_value()}"
+            f"@127.0.0.1:{self.pg_port}/{self.pg_database}"
+        )
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "settings"
+    return f"EXCHANGE_{field.upper()}: {first['msg']} (got {first.get('input')!r})"
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """The process-wide settings; raises ``SettingsError`` with a one-line message when malformed."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
