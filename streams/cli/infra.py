@@ -36,6 +36,24 @@ def up(
 
 @app.command()
 @guarded
+def install() -> None:
+    """Fetch what the services need and is missing: Kafka jars (Maven), anvil/forge/solc (npm)."""
+    from streams.services.chain import ensure_node_modules
+    from streams.services.kafka import KafkaCluster
+
+    settings = load_settings()
+    if settings.local_kafka:
+        cluster = KafkaCluster(settings)
+        if cluster.version() is None:
+            console.print("[dim]fetching the Kafka broker jars with Maven ...[/dim]")
+        cluster.ensure_jars()
+    if settings.local_chain:
+        ensure_node_modules()
+    console.print("[dim]prerequisites installed[/dim]")
+
+
+@app.command()
+@guarded
 def down(services: list[str] | None = typer.Argument(None, help="kafka, postgres, anvil (default: all)")) -> None:
     """Stop the services the project started (clean shutdown; data is kept)."""
     stopped = stack.down(load_settings(), _services(services))
