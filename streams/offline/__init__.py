@@ -1,0 +1,1 @@
+"""Offline tools around the engine: conformance scenarios and command-log replay (they do I/O)."""
