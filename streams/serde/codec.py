@@ -36,6 +36,7 @@ from typing import Any, Final, Literal, get_args
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro import validation as _validation
+from fastavro.validation import ValidationError as _ValidationError
 
 from streams.serde.catalog import SchemaCatalog, SchemaVersion
 from streams.serde.topics import TOPICS, UnknownTopicError
@@ -167,6 +168,11 @@ class Codec:
         return self._catalog
 
     @property
+    def schema_registry_client(self) -> Any | None:
+        """The Schema Registry client in use (None in single-object mode)."""
+        return self._registry
+
+    @property
     def framing(self) -> Literal["single-object", "confluent"]:
         return "confluent" if self._registry is not None else "single-object"
 
@@ -188,7 +194,7 @@ class Codec:
             if self._strict:
                 _validation.validate(record, tc.parsed, raise_errors=True)
             schemaless_writer(buf, tc.parsed, record)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, _ValidationError) as exc:
             raise EncodeError(f"{topic}: {exc}") from exc
         return buf.getvalue()
 
@@ -244,11 +250,12 @@ class Codec:
             value = schemaless_reader(
                 fo, res.writer, res.reader, return_record_name=True, return_record_name_override=True
             )
-        except EOFError as exc:
-            raise DecodeError("truncated", f"{topic}: body ends early ({size} bytes)") from exc
         except Exception as exc:  # fastavro signals bad input with many unrelated types
             if type(exc).__name__ == "SchemaResolutionError":
                 raise DecodeError("unusable_writer_schema", f"{topic}: {exc}") from exc
+            # Running out of input shows as EOFError, or as IndexError inside a varint.
+            if isinstance(exc, EOFError) or fo.tell() >= size:
+                raise DecodeError("truncated", f"{topic}: body ends early ({size} bytes)") from exc
             raise DecodeError("malformed", f"{topic}: {type(exc).__name__}: {exc}") from exc
         if fo.tell() != size:
             raise DecodeError("trailing_bytes", f"{topic}: {size - fo.tell()} bytes after the record")

@@ -13,9 +13,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from serde_samples import BATCH, BOOK_DELTA, CANDLE, PLACE, STATE_HASH, TRADE, TRADE_EXECUTED  # noqa: E402
+from serde_samples import BATCH, BOOK_DELTA, CANDLE, PLACE, STATE_HASH, TRADE, TRADE_EXECUTED
 
-from streams.serde.codec import Codec  # noqa: E402
+from streams.serde.codec import Codec
 
 CASES = [
     ("orders.commands", PLACE),

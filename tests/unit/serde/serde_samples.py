@@ -14,7 +14,9 @@ def h32(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-def command(body_name: str, body: dict[str, Any], *, market: str = "BTC-USD", cid: str = "c-1") -> dict[str, Any]:
+def command(
+    body_name: str, body: dict[str, Any], *, market: str = "BTC-USD", cid: str = "c-1"
+) -> dict[str, Any]:
     return {"command_id": cid, "market": market, "body": (NS + body_name, body)}
 
 
@@ -104,12 +106,26 @@ EVENTS: list[dict[str, Any]] = [
     event(11, "OrderRejected", {"order_id": "o-9", "account": "acct-eve", "reason": "invalid_tick"}),
     TRADE_EXECUTED,
     event(13, "OrderFilled", {"order_id": "o-1001", "account": "acct-alice"}),
-    event(14, "OrderAmended", {"order_id": "o-7", "account": "acct-carol", "price": 9_700_000, "qty": 1, "requeued": True}),
-    event(15, "OrderCancelled", {"order_id": "o-8", "account": "acct-carol", "qty": 3_000_000, "reason": "cancel_all"}),
+    event(
+        14,
+        "OrderAmended",
+        {"order_id": "o-7", "account": "acct-carol", "price": 9_700_000, "qty": 1, "requeued": True},
+    ),
+    event(
+        15,
+        "OrderCancelled",
+        {"order_id": "o-8", "account": "acct-carol", "qty": 3_000_000, "reason": "cancel_all"},
+    ),
     event(
         16,
         "OrderExpired",
-        {"order_id": "o-1002", "account": "acct-bob", "qty": 95_000_000, "remaining": 0, "reason": "market_remainder"},
+        {
+            "order_id": "o-1002",
+            "account": "acct-bob",
+            "qty": 95_000_000,
+            "remaining": 0,
+            "reason": "market_remainder",
+        },
     ),
     event(17, "CancelAllDone", {"account": "acct-carol", "count": 1}),
     event(18, "MarketStateChanged", {"state": "halted"}),
@@ -168,7 +184,13 @@ SNAPSHOT: dict[str, Any] = {
     "next_offset": 1_000_042,
     "commands": 1_000_042,
     "markets": [
-        {"market": "BTC-USD", "seq": 18, "trade_id": 7, "state_hash": h32("btc").hex(), "state": b"\x01book..."},
+        {
+            "market": "BTC-USD",
+            "seq": 18,
+            "trade_id": 7,
+            "state_hash": h32("btc").hex(),
+            "state": b"\x01book...",
+        },
         {"market": "ETH-USD", "seq": 0, "trade_id": 0, "state_hash": h32("eth").hex(), "state": b""},
     ],
     "state_hash": h32("partition-3").hex(),
