@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+from bisect import insort
 from itertools import pairwise
 
 from streams.domain.commands import (
@@ -56,7 +57,7 @@ from streams.domain.events import (
 )
 from streams.domain.market import MarketSpec
 from streams.engine import snapshot as _snapshot
-from streams.engine.book import BookSide, Order
+from streams.engine.book import BookSide, Level, Order
 from streams.engine.errors import InvariantBreach, SnapshotError
 
 # Fast constructors of the frozen event dataclasses (see ``streams.domain.events.builder``).
@@ -108,6 +109,8 @@ _C_ALL = CancelReason.CANCEL_ALL
 
 # A limit key below every possible key: "no price limit" for a buy (keys of asks are -price).
 _NO_LIMIT = -(1 << 512)
+
+_new_order = object.__new__
 
 
 class Engine:
@@ -378,9 +381,27 @@ class Engine:
             if tif is _GTC:
                 if keys and keys[-1] >= klim:
                     raise InvariantBreach(f"{oid}: resting remainder would cross the book")
-                order = Order(oid, account, side, price, remaining, post_only, stp, entry)
+                # Inlined Order(...) and BookSide.rest(order): this is the hottest path.
+                order = _new_order(Order)
+                order.order_id = oid
+                order.account = account
+                order.side = side
+                order.price = price
+                order.open = remaining
+                order.post_only = post_only
+                order.stp = stp
+                order.entry = entry
                 self._orders[oid] = order
-                (self._bids if is_buy else self._asks).rest(order)
+                own = self._bids if is_buy else self._asks
+                levels = own.levels
+                level = levels.get(price)
+                if level is None:
+                    level = levels[price] = Level(price)
+                    insort(own.keys, price if is_buy else -price)
+                level.queue.append(order)
+                level.total += remaining
+                level.count += 1
+                own.touched.add(price)
             else:
                 seq = self._seq = self._seq + 1
                 events.append(
@@ -494,7 +515,19 @@ class Engine:
         if order is None or order.account != c.account:
             return self._reject(oid, c.account, _R_UNKNOWN, ts)
         del self._orders[oid]
-        qty = (self._bids if order.side is _BUY else self._asks).remove(order)
+        qty = order.open
+        price = order.price
+        own = self._bids if order.side is _BUY else self._asks
+        level = own.levels[price]
+        if level.count > 1 and level.queue[-1] is order:
+            # Inlined BookSide.remove for the common "cancel the newest order" case.
+            level.queue.pop()
+            level.total -= qty
+            level.count -= 1
+            order.open = 0
+            own.touched.add(price)
+        else:
+            own.remove(order)
         seq = self._seq = self._seq + 1
         return [_Cancelled(seq, ts, oid, order.account, qty, _C_USER)]
 

@@ -1,0 +1,1 @@
+"""Benchmarks (workload generation and timing live here, outside the pure engine)."""
