@@ -5,12 +5,12 @@ Workload (``make_workload``), generated in full *before* timing starts, determin
 - one market: tick 5, lot 1, min qty 1 (integer units), price band 10 %; 200 accounts; prices
   around a fixed mid of 100,000; ``ts`` increases by 1 ms per command;
 - 49 % passive limit GTC orders: buy below / sell above the mid by 1 + a geometric offset (mean
-  ~8 ticks, capped at 60), 1–20 lots, 5 % of them post-only;
+  ~8 ticks, capped at 60), 1 to 20 lots, 5 % of them post-only;
 - 30 % cancels of an order picked at random from the generator's pool of recently placed orders
   (the generator does not run the engine, so some targets have filled meanwhile → unknown_order);
 - 8 % amends of a pooled order: 60 % size cuts (keep priority), 40 % price moves (re-queue);
-- 10 % aggressive orders that cross the mid by 0–5 ticks: 60 % limit IOC, 20 % limit GTC (the
-  remainder rests), 20 % market; 5–60 lots — these match, typically against several makers;
+- 10 % aggressive orders that cross the mid by 0 to 5 ticks: 60 % limit IOC, 20 % limit GTC (the
+  remainder rests), 20 % market; 5 to 60 lots — these match, typically against several makers;
 - 2.99 % invalid places (half zero quantity → invalid_qty, half off-tick → invalid_tick);
 - 0.01 % cancel-all of one account;
 - STP on every order: 70 % expire_maker, 10 % none, 10 % decrement, 5 % expire_taker,
