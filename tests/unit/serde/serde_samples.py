@@ -150,10 +150,11 @@ TRADE: dict[str, Any] = {
 
 BOOK_DELTA: dict[str, Any] = {
     "market": "BTC-USD",
-    "book_seq": 9,
+    "book_seq": 16,
+    "prev_book_seq": 12,
+    "snapshot": False,
     "seq": 16,
     "ts": T0 + 5,
-    "command_id": "c-42",
     "input_partition": 3,
     "input_offset": 1_000_041,
     "changes": [
@@ -262,7 +263,7 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
     "orders.commands": COMMANDS,
     "orders.events": EVENTS,
     "trades": [TRADE],
-    "md.book": [BOOK_DELTA, {**BOOK_DELTA, "changes": []}],
+    "md.book": [BOOK_DELTA, {**BOOK_DELTA, "prev_book_seq": 0, "snapshot": True, "changes": []}],
     "md.candles": [CANDLE, {**CANDLE, "interval": "1d", "quote_volume": Decimal(0), "final": False}],
     "engine.snapshots": [SNAPSHOT, {**SNAPSHOT, "markets": []}],
     "engine.hashes": [STATE_HASH],
