@@ -51,6 +51,19 @@ class Settings(BaseSettings):
     anvil_port: int = Field(default=18545, ge=1024, le=65535)
     chain_id: int = Field(default=31337, gt=0)
 
+    # Matching processor (xchg engine run); CLI options override these per process.
+    engine_group: str = "xchg-engine"
+    engine_instance_id: str = "engine-1"
+    engine_transactional_prefix: str = "xchg-engine"
+    engine_batch_size: int = Field(default=2000, gt=0)
+    engine_linger_ms: int = Field(default=5, ge=0)
+    engine_snapshot_every: int = Field(default=100_000, gt=0)
+    engine_hash_every: int = Field(default=20_000, gt=0)
+    engine_session_timeout_ms: int = Field(default=10_000, ge=3000)
+
+    # Prometheus endpoint of the process (0 = none).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
     @field_validator("kafka_heap")
     @classmethod
     def _heap_has_unit(cls, value: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from streams.cli import bench, db, engine, infra, topics
+from streams.cli import bench, db, engine, infra, loadgen, market, matching, topics, verify
 
 app = typer.Typer(
     name="xchg",
@@ -20,5 +20,9 @@ app = typer.Typer(
 app.add_typer(infra.app, name="infra")
 app.add_typer(topics.app, name="topics")
 app.add_typer(db.app, name="db")
+engine.app.command("run")(matching.run)
 app.add_typer(engine.app, name="engine")
+app.add_typer(market.app, name="market")
+app.add_typer(verify.app, name="verify")
+app.command("loadgen")(loadgen.loadgen)
 app.add_typer(bench.app, name="bench")

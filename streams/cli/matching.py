@@ -1,0 +1,47 @@
+"""``xchg engine run``: the matching processor on Kafka (mounted on the ``engine`` group)."""
+
+from __future__ import annotations
+
+import typer
+
+from streams.cli.errors import guarded
+from streams.settings import load_settings
+
+
+@guarded
+def run(
+    instance: str | None = typer.Option(None, help="static group member id (default EXCHANGE_ENGINE_INSTANCE_ID)"),
+    batch_size: int | None = typer.Option(None, help="commands per transaction at most"),
+    linger_ms: int | None = typer.Option(None, help="wait at most this long to fill a batch"),
+    snapshot_every: int | None = typer.Option(None, help="snapshot a partition every N commands"),
+    hash_every: int | None = typer.Option(None, help="publish state hashes every N commands"),
+    max_runtime: float | None = typer.Option(None, help="stop after this many seconds"),
+    idle_exit: float | None = typer.Option(None, help="stop after this many seconds without input"),
+) -> None:
+    """Consume orders.commands and match, exactly once, until SIGTERM/SIGINT."""
+    from streams.markets import MarketRegistry
+    from streams.observability import get_logger, serve_metrics
+    from streams.processors.matching import MatchingConfig, MatchingProcessor
+    from streams.serde.codec import Codec
+    from streams.services.kafka import KafkaCluster
+
+    settings = load_settings()
+    config = MatchingConfig(
+        bootstrap=KafkaCluster(settings).bootstrap_servers(),
+        group_id=settings.engine_group,
+        instance_id=instance or settings.engine_instance_id,
+        transactional_prefix=settings.engine_transactional_prefix,
+        batch_size=batch_size or settings.engine_batch_size,
+        linger_ms=settings.engine_linger_ms if linger_ms is None else linger_ms,
+        snapshot_every=snapshot_every or settings.engine_snapshot_every,
+        hash_every=hash_every or settings.engine_hash_every,
+        session_timeout_ms=settings.engine_session_timeout_ms,
+        max_runtime_s=max_runtime,
+        idle_exit_s=idle_exit,
+    )
+    serve_metrics(settings.metrics_port)
+    processor = MatchingProcessor(config, MarketRegistry.load(settings.markets_file),
+                                  Codec(schema_registry_url=settings.schema_registry_url))
+    get_logger("matching").info("engine starting", instance=config.instance_id, bootstrap=config.bootstrap)
+    processor.run()
+    get_logger("matching").info("engine stopped", processed=processor.processed)

@@ -1,0 +1,204 @@
+"""Seeded order flow: the standard mix of commands over one or more markets.
+
+``OrderFlow`` is deterministic per seed and needs no feedback from the engine. The mix (per
+command; prices relative to a fixed mid per market, in ticks):
+
+- 49 % passive limit GTC orders, 1 + a geometric offset (mean ~8 ticks, capped at 60) away from
+  the mid, 1 to 20 lots, 5 % post-only;
+- 30 % cancels of a recently placed order (some have filled meanwhile → ``unknown_order``);
+- 8 % amends of a recent order: 60 % size cuts (keep priority), 40 % price moves (re-queue);
+- 10 % aggressive orders crossing the mid by 0 to 5 ticks, 5 to 60 lots: 60 % limit IOC, 20 %
+  limit GTC, 20 % market;
+- 2.99 % invalid places (zero quantity, off-tick price) → coded rejects;
+- 0.01 % cancel-all of one account;
+- self-trade prevention on every order: 70 % expire_maker, 10 % none, 10 % decrement,
+  5 % expire_taker, 5 % expire_both.
+
+``xchg loadgen`` produces the flow to ``orders.commands`` at a fixed rate (keyed by market, the
+idempotent murmur2 producer), pacing by a schedule so that a slow broker delays sends instead of
+silently lowering the offered load.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import Producer
+
+from streams.domain.commands import (
+    Amend,
+    Cancel,
+    CancelAll,
+    Command,
+    OrderType,
+    Place,
+    Side,
+    STPMode,
+    TimeInForce,
+)
+from streams.domain.market import MarketSpec
+from streams.runtime.records import command_to_record
+from streams.serde.codec import Codec
+from streams.serde.topics import ORDERS_COMMANDS
+
+DEFAULT_MID_TICKS = 100_000
+POOL_CAP = 20_000
+_STP = [STPMode.EXPIRE_MAKER] * 14 + [STPMode.NONE] * 2 + [STPMode.DECREMENT] * 2
+_STP += [STPMode.EXPIRE_TAKER, STPMode.EXPIRE_BOTH]
+BUY, SELL = Side.BUY, Side.SELL
+LIMIT, MARKET = OrderType.LIMIT, OrderType.MARKET
+GTC, IOC = TimeInForce.GTC, TimeInForce.IOC
+
+
+@dataclass
+class _Market:
+    spec: MarketSpec
+    mid: int  # price units
+    pool: list[tuple[str, str, Side, int, int]]  # recent (order_id, account, side, price, qty)
+
+
+class OrderFlow:
+    def __init__(self, specs: list[MarketSpec], seed: int, accounts: int = 200,
+                 mid_ticks: int = DEFAULT_MID_TICKS, prefix: str = "") -> None:
+        if not specs:
+            raise ValueError("order flow needs at least one market")
+        self.rng = random.Random(seed)
+        self.markets = [_Market(s, s.tick * mid_ticks, []) for s in specs]
+        self.accounts = [f"acct{i:03d}" for i in range(accounts)]
+        self.prefix = prefix or f"s{seed}-"
+        self.count = 0
+
+    def _offset(self) -> int:
+        return min(60, 1 + int(self.rng.expovariate(1 / 7)))
+
+    def _pick(self, pool: list[tuple[str, str, Side, int, int]]) -> tuple[str, str, Side, int, int]:
+        i = self.rng.randint(0, len(pool) - 1)
+        pool[i], pool[-1] = pool[-1], pool[i]
+        return pool.pop()
+
+    def next(self, ts: int = 0) -> tuple[str, Command]:
+        """The next ``(market, command)``; ``ts`` is only used by in-process runs."""
+        rng = self.rng
+        rand, randint = rng.random, rng.randint
+        i = self.count
+        self.count += 1
+        m = self.markets[randint(0, len(self.markets) - 1)] if len(self.markets) > 1 else self.markets[0]
+        spec, mid, pool = m.spec, m.mid, m.pool
+        tick, lot = spec.tick, spec.lot
+        lots_min = -(-spec.min_qty // lot)
+        cid = f"{self.prefix}c{i}"
+        oid = f"{self.prefix}o{i}"
+        account = self.accounts[randint(0, len(self.accounts) - 1)]
+        stp = _STP[randint(0, 19)]
+        r = rand()
+        cmd: Command
+        if r < 0.49 or (r < 0.87 and not pool):
+            side = BUY if rand() < 0.5 else SELL
+            price = mid - tick * self._offset() if side is BUY else mid + tick * self._offset()
+            qty = lot * randint(lots_min, lots_min + 19)
+            cmd = Place(cid, ts, oid, account, side, LIMIT, price, qty, GTC, rand() < 0.05, stp)
+            pool.append((oid, account, side, price, qty))
+            if len(pool) > POOL_CAP:
+                pool[0] = pool[-1]
+                pool.pop()
+        elif r < 0.79:
+            target, owner, _, _, _ = self._pick(pool)
+            cmd = Cancel(cid, ts, target, owner)
+        elif r < 0.87:
+            target, owner, side, price, qty = self._pick(pool)
+            if rand() < 0.6:
+                new_qty = max(lot * lots_min, qty - lot * randint(1, 5))
+                cmd = Amend(cid, ts, target, owner, new_qty, None)
+                pool.append((target, owner, side, price, new_qty))
+            else:
+                new_price = mid - tick * self._offset() if side is BUY else mid + tick * self._offset()
+                cmd = Amend(cid, ts, target, owner, None, new_price)
+                pool.append((target, owner, side, new_price, qty))
+        elif r < 0.97:
+            side = BUY if rand() < 0.5 else SELL
+            through = randint(0, 5)
+            qty = lot * randint(lots_min + 4, lots_min + 59)
+            kind = rand()
+            if kind < 0.2:
+                cmd = Place(cid, ts, oid, account, side, MARKET, 0, qty, IOC, False, stp)
+            else:
+                price = mid + tick * through if side is BUY else mid - tick * through
+                cmd = Place(cid, ts, oid, account, side, LIMIT, price, qty, IOC if kind < 0.8 else GTC, False, stp)
+        elif r < 0.9999:
+            side = BUY if rand() < 0.5 else SELL
+            price = mid - tick * self._offset() if side is BUY else mid + tick * self._offset()
+            qty = lot * lots_min
+            if rand() < 0.5 or (tick == 1 and lot == 1):
+                qty = 0  # invalid_qty
+            elif tick > 1:
+                price += 1  # invalid_tick
+            else:
+                qty += 1  # invalid_lot
+            cmd = Place(cid, ts, oid, account, side, LIMIT, price, qty, GTC, False, stp)
+        else:
+            cmd = CancelAll(cid, ts, account)
+        return spec.market, cmd
+
+    def __iter__(self) -> Iterator[tuple[str, Command]]:
+        while True:
+            yield self.next()
+
+
+@dataclass
+class LoadReport:
+    sent: int
+    seconds: float
+    per_market: dict[str, int]
+    late_max_ms: float  # how far behind its schedule the producer fell at worst
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+def produce_flow(
+    producer: Producer,
+    codec: Codec,
+    flow: OrderFlow,
+    count: int,
+    rate: float | None,
+    on_send: Callable[[str, float], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> LoadReport:
+    """Send ``count`` commands at ``rate`` per second (None: as fast as possible).
+
+    Pacing follows a fixed schedule: command *i* is due at ``start + i / rate``; ``on_send`` gets
+    each command id with its *scheduled* time, so latency measured from it includes any queueing
+    the producer itself caused (no coordinated omission)."""
+    per_market: dict[str, int] = {}
+    start = time.monotonic()
+    late_max = 0.0
+    encode = codec.encode
+    for i in range(count):
+        market, cmd = flow.next()
+        due = start + i / rate if rate else time.monotonic()
+        if rate:
+            now = time.monotonic()
+            if now < due:
+                time.sleep(due - now)
+            else:
+                late_max = max(late_max, now - due)
+        value = encode(ORDERS_COMMANDS, command_to_record(market, cmd))
+        while True:
+            try:
+                producer.produce(ORDERS_COMMANDS, value, market.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if on_send is not None:
+            on_send(cmd.command_id, due)
+        per_market[market] = per_market.get(market, 0) + 1
+        if i % 1000 == 0:
+            producer.poll(0)
+            if progress is not None:
+                progress(i)
+    producer.flush(60)
+    return LoadReport(count, time.monotonic() - start, per_market, late_max * 1000)

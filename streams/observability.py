@@ -1,0 +1,63 @@
+"""Logging and metrics shared by every service process.
+
+Logs: structlog, JSON lines on stderr for services (``XCHG_LOG_FORMAT=console`` for people).
+Metrics: prometheus-client, served on ``EXCHANGE_METRICS_PORT`` when it is not 0. Metric names
+follow ``infra/prometheus/METRICS.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_configured = False
+
+
+def configure_logging(level: str = "INFO") -> None:
+    global _configured
+    if _configured:
+        return
+    renderer: structlog.typing.Processor
+    if os.environ.get("XCHG_LOG_FORMAT", "json") == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    configure_logging()
+    return structlog.get_logger(name)  # type: ignore[no-any-return]
+
+
+def serve_metrics(port: int) -> None:
+    if port:
+        start_http_server(port)
+
+
+COMMANDS = Counter("xchg_commands_total", "Commands consumed by the matching engine", ["partition"])
+TRADES = Counter("xchg_trades_total", "Trades executed", ["market"])
+REJECTS = Counter("xchg_rejects_total", "Commands rejected, by reason", ["reason"])
+DEAD_LETTERS = Counter("xchg_dead_letters_total", "Input records sent to the dead-letter topic", ["reason"])
+ORDER_LATENCY = Histogram(
+    "xchg_order_latency_seconds", "Command log-append time to its transaction's commit",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+TXN_SECONDS = Histogram("xchg_engine_commit_seconds", "Duration of one batch transaction commit")
+RECOVERY_SECONDS = Histogram("xchg_engine_recovery_seconds", "Partition recovery duration",
+                             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))
+OWNED_PARTITIONS = Gauge("xchg_engine_partitions", "Input partitions owned by this instance")

@@ -1,0 +1,355 @@
+"""The matching processor: ``orders.commands`` → engine → events, trades, book deltas,
+snapshots and state hashes, one Kafka transaction per batch per input partition.
+
+Per input partition *p* the processor owns a ``PartitionState`` and a transactional producer with
+the stable id ``<prefix>-p<p>``: whoever initialises that id last owns *p*'s output, and the
+previous owner is fenced (its later commits fail). Every batch of *p*:
+
+    begin → produce outputs (+ snapshot every N commands, + hashes every H)
+          → send_offsets_to_transaction(p, next offset, group metadata) → commit
+
+Error handling is by class (``KafkaError.fatal/retriable/txn_requires_abort``), never by text:
+a retriable commit is retried; anything else aborts when it can, drops the partition's producer
+and state, and recovers the partition (snapshot + replay to the committed offset): the same code
+path as start-up. A commit that times out has an unknown outcome and is handled the same way:
+a new producer with the same id fences the old one, and recovery rewinds to what was committed.
+
+Consumer: static membership (``group.instance.id``) so a restarted instance takes its partitions
+back without waiting for a session timeout, cooperative-sticky assignment so a rebalance only
+moves the partitions that change owner, ``read_committed``, no auto-commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextlib
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams.domain.commands import Side
+from streams.domain.events import OrderRejected, Trade
+from streams.markets import MarketRegistry
+from streams.observability import (
+    COMMANDS,
+    DEAD_LETTERS,
+    ORDER_LATENCY,
+    OWNED_PARTITIONS,
+    RECOVERY_SECONDS,
+    REJECTS,
+    TRADES,
+    TXN_SECONDS,
+    get_logger,
+)
+from streams.runtime.clients import consumer_config, producer_config
+from streams.runtime.crashpoints import crash_point
+from streams.runtime.partition import PartitionState, Processed
+from streams.runtime.records import event_record, trade_record
+from streams.runtime.recovery import recover
+from streams.serde.codec import Codec
+from streams.serde.topics import (
+    DLQ_ORDERS_COMMANDS,
+    ENGINE_HASHES,
+    ENGINE_SNAPSHOTS,
+    MD_BOOK,
+    ORDERS_COMMANDS,
+    ORDERS_EVENTS,
+)
+from streams.serde.topics import (
+    TRADES as TRADES_TOPIC,
+)
+
+log = get_logger("matching")
+
+
+@dataclass(frozen=True)
+class MatchingConfig:
+    bootstrap: str
+    group_id: str = "xchg-engine"
+    instance_id: str = "engine-1"
+    transactional_prefix: str = "xchg-engine"
+    batch_size: int = 2000
+    linger_ms: int = 5
+    snapshot_every: int = 100_000
+    hash_every: int = 20_000
+    session_timeout_ms: int = 10_000
+    commit_timeout_s: float = 30.0
+    max_runtime_s: float | None = None  # stop after this long (benchmarks, demos)
+    idle_exit_s: float | None = None  # stop after this long without input (demos)
+
+
+class _Owned:
+    """An owned partition: its state, its producer and what the current batch produced."""
+
+    def __init__(self, state: PartitionState, producer: Producer) -> None:
+        self.state = state
+        self.producer = producer
+        self.since_snapshot = 0
+        self.since_hash = 0
+        self.book_seq: dict[str, int] = {}  # last seq published on md.book per market (0: none yet)
+
+
+class MatchingProcessor:
+    def __init__(self, config: MatchingConfig, registry: MarketRegistry, codec: Codec) -> None:
+        self.config = config
+        self.registry = registry
+        self.codec = codec
+        self.owned: dict[int, _Owned] = {}
+        self.consumer = Consumer(consumer_config(
+            config.bootstrap, config.group_id,
+            **{
+                "group.instance.id": config.instance_id,
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": config.session_timeout_ms,
+                "heartbeat.interval.ms": max(500, config.session_timeout_ms // 5),
+                "max.poll.interval.ms": 300_000,
+                "fetch.wait.max.ms": 10,
+            },
+        ))
+        self._stop = False
+        self.processed = 0
+        self.started = time.monotonic()
+
+    # -- ownership ------------------------------------------------------------------------------
+    def _producer(self, partition: int) -> Producer:
+        producer = Producer(producer_config(
+            self.config.bootstrap, f"{self.config.transactional_prefix}-p{partition}",
+            **{"linger.ms": 2, "queue.buffering.max.messages": 1_000_000,
+               "queue.buffering.max.kbytes": 1_048_576, "message.max.bytes": 67_108_864,
+               "batch.size": 1_000_000},
+        ))
+        producer.init_transactions(self.config.commit_timeout_s)
+        return producer
+
+    def _take(self, partition: int) -> _Owned:
+        """Fence the previous owner, then rebuild the partition's state up to the committed offset."""
+        started = time.monotonic()
+        producer = self._producer(partition)  # fences the previous owner and aborts its open txn
+        committed = self.consumer.committed([TopicPartition(ORDERS_COMMANDS, partition)], timeout=30)[0].offset
+        state, report = recover(
+            self.config.bootstrap, self.registry, self.codec, partition,
+            target_offset=committed if committed >= 0 else 0,
+            progress=lambda done, total: log.info("recovery progress", partition=partition,
+                                                  replayed=done, of=total),
+        )
+        RECOVERY_SECONDS.observe(time.monotonic() - started)
+        log.info("partition recovered", partition=partition, snapshot_offset=report.snapshot_offset,
+                 committed=committed, replayed=report.replayed, hashes_checked=report.hashes_checked,
+                 seconds=round(time.monotonic() - started, 3))
+        owned = _Owned(state, producer)
+        self.owned[partition] = owned
+        OWNED_PARTITIONS.set(len(self.owned))
+        return owned
+
+    def _release(self, partition: int) -> None:
+        owned = self.owned.pop(partition, None)
+        OWNED_PARTITIONS.set(len(self.owned))
+        if owned is not None:
+            owned.producer.flush(0)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            owned = self._take(tp.partition)
+            tp.offset = owned.state.next_offset
+        consumer.incremental_assign(partitions)
+        log.info("assigned", partitions=sorted(tp.partition for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._release(tp.partition)
+        consumer.incremental_unassign(partitions)
+        log.info("revoked", partitions=sorted(tp.partition for tp in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions lost", partitions=sorted(tp.partition for tp in partitions))
+        self._on_revoke(consumer, partitions)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.consumer.subscribe([ORDERS_COMMANDS], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        idle_since = time.monotonic()
+        try:
+            while not self._stop:
+                if self.config.max_runtime_s and time.monotonic() - self.started > self.config.max_runtime_s:
+                    break
+                messages = self.consumer.consume(self.config.batch_size, self.config.linger_ms / 1000)
+                if not messages:
+                    if self.config.idle_exit_s and time.monotonic() - idle_since > self.config.idle_exit_s:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                by_partition: dict[int, list[Message]] = {}
+                for message in messages:
+                    if message.error() is not None:
+                        if message.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consume error", error=message.error().str())
+                        continue
+                    by_partition.setdefault(message.partition(), []).append(message)
+                for partition, batch in by_partition.items():
+                    owned = self.owned.get(partition)
+                    if owned is None:
+                        continue  # revoked while the batch was in flight: the new owner reprocesses it
+                    self._run_batch(partition, owned, batch)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for partition in list(self.owned):
+            self._release(partition)
+        with contextlib.suppress(KafkaException):
+            self.consumer.close()
+
+    def _run_batch(self, partition: int, owned: _Owned, batch: list[Message]) -> None:
+        try:
+            self._transact(partition, owned, batch)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            log.warning("transaction failed; recovering the partition", partition=partition,
+                        error=error.str(), fatal=error.fatal(), abortable=error.txn_requires_abort(),
+                        retriable=error.retriable())
+            if error.txn_requires_abort():
+                # If the abort fails too its outcome is unknown: the new producer that recovery
+                # creates with the same transactional id fences the old one and aborts it.
+                with contextlib.suppress(KafkaException):
+                    owned.producer.abort_transaction(self.config.commit_timeout_s)
+            self._recover_after_failure(partition)
+
+    def _recover_after_failure(self, partition: int) -> None:
+        """Rewind: drop state and producer, rebuild from the committed offset, seek back there."""
+        self._release(partition)
+        # Let the consumer process any pending rebalance first: if the partition was taken from
+        # us (we were fenced), the revocation arrives here and we must not fence the new owner.
+        self.consumer.consume(0, 0)  # (num_messages=0 only serves callbacks)
+        if partition not in {tp.partition for tp in self.consumer.assignment()}:
+            return
+        owned = self._take(partition)
+        self.consumer.seek(TopicPartition(ORDERS_COMMANDS, partition, owned.state.next_offset))
+
+    def _transact(self, partition: int, owned: _Owned, batch: list[Message]) -> None:
+        producer, state, codec = owned.producer, owned.state, self.codec
+        encode = codec.encode
+        producer.begin_transaction()
+        touched: set[str] = set()
+        now_ms = time.time() * 1000
+        for message in batch:
+            offset = message.offset()
+            if offset < state.next_offset:
+                continue  # already reflected (a re-delivery after a seek)
+            ts = message.timestamp()[1]
+            result: Processed = state.process(offset, message.value(), ts)
+            if result.dead is not None:
+                DEAD_LETTERS.labels(result.dead.reason).inc()
+                self._produce(producer, DLQ_ORDERS_COMMANDS, message.key(), message.value() or b"", headers=[
+                    ("xchg.error.reason", result.dead.reason.encode()),
+                    ("xchg.error.detail", result.dead.detail[:1000].encode()),
+                    ("xchg.source", f"{ORDERS_COMMANDS}/{partition}/{offset}".encode()),
+                ])
+                continue
+            market = result.market
+            assert market is not None and result.command is not None
+            command_id = result.command.command_id
+            key = market.encode()
+            touched.add(market)
+            for event in result.events:
+                self._produce(producer, ORDERS_EVENTS, key,
+                              encode(ORDERS_EVENTS, event_record(market, event, command_id, partition, offset)))
+                if type(event) is Trade:
+                    TRADES.labels(market).inc()
+                    self._produce(producer, TRADES_TOPIC, key,
+                                  encode(TRADES_TOPIC, trade_record(market, event, command_id, partition, offset)))
+                elif type(event) is OrderRejected:
+                    REJECTS.labels(event.reason.wire).inc()
+            ORDER_LATENCY.observe(max(0.0, (now_ms - ts) / 1000))
+        if touched:
+            self._publish_book(producer, partition, owned, touched, batch[-1].offset())
+        processed = len(batch)
+        COMMANDS.labels(str(partition)).inc(processed)
+        self.processed += processed
+        owned.since_snapshot += processed
+        owned.since_hash += processed
+        crash_point("after-produce")
+        if owned.since_hash >= self.config.hash_every:
+            self._publish_hashes(producer, partition, state)
+            owned.since_hash = 0
+        if owned.since_snapshot >= self.config.snapshot_every:
+            self._produce(producer, ENGINE_SNAPSHOTS, str(partition).encode(),
+                          encode(ENGINE_SNAPSHOTS, state.snapshot_record()), partition=partition)
+            owned.since_snapshot = 0
+            crash_point("during-snapshot")
+        producer.send_offsets_to_transaction(
+            [TopicPartition(ORDERS_COMMANDS, partition, state.next_offset)],
+            self.consumer.consumer_group_metadata(), self.config.commit_timeout_s)
+        started = time.monotonic()
+        self._commit(producer)
+        TXN_SECONDS.observe(time.monotonic() - started)
+        crash_point("after-commit")
+
+    def _commit(self, producer: Producer) -> None:
+        for attempt in range(5):
+            try:
+                producer.commit_transaction(self.config.commit_timeout_s)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if not error.retriable() or error.txn_requires_abort() or error.fatal() or attempt == 4:
+                    raise
+                log.warning("commit retry", error=error.str(), attempt=attempt + 1)
+
+    def _publish_book(self, producer: Producer, partition: int, owned: _Owned, markets: set[str],
+                      last_offset: int) -> None:
+        """One md.book delta per market per batch: the levels the batch changed, chained by seq.
+
+        ``book_seq`` is the engine seq the delta brings the book up to and ``prev_book_seq`` the one
+        of the market's previous delta, so a consumer detects a lost delta; after recovery the first
+        delta of a market is a full snapshot of its book (``snapshot=true``)."""
+        for market in sorted(markets):
+            engine = owned.state.engines[market]
+            prev = owned.book_seq.get(market)
+            if prev is None:
+                engine.take_book_changes()
+                changes = [(side, price, qty) for side in (Side.BUY, Side.SELL)
+                           for price, qty in engine.book_levels(side)]
+                snapshot = True
+            else:
+                changes = engine.take_book_changes()
+                snapshot = False
+            record = {
+                "market": market, "book_seq": engine.seq, "prev_book_seq": prev or 0, "snapshot": snapshot,
+                "seq": engine.seq, "ts": engine.last_ts, "input_partition": partition, "input_offset": last_offset,
+                "changes": [{"side": side.wire, "price": price, "qty": qty} for side, price, qty in changes],
+            }
+            owned.book_seq[market] = engine.seq
+            self._produce(producer, MD_BOOK, market.encode(), self.codec.encode(MD_BOOK, record))
+
+    def _publish_hashes(self, producer: Producer, partition: int, state: PartitionState) -> None:
+        for market in sorted(state.engines):
+            engine = state.engines[market]
+            record = {"market": market, "seq": engine.seq, "input_offset": state.next_offset - 1,
+                      "state_hash": engine.state_hash()}
+            self._produce(producer, ENGINE_HASHES, market.encode(), self.codec.encode(ENGINE_HASHES, record),
+                          partition=partition)
+
+    @staticmethod
+    def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes,
+                 partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
+        kwargs: dict[str, Any] = {}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                producer.poll(0.05)
+

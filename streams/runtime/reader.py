@@ -1,0 +1,68 @@
+"""Bounded reads of one topic partition, outside any consumer group (recovery, checkers, tools).
+
+``read_range`` yields the committed records with ``start <= offset < end``; it stops when the
+consumer's position reaches ``end`` (transaction markers advance the position without a record),
+so it terminates on a partition whose tail is made of control records.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, Message, TopicPartition
+
+from streams.runtime.clients import consumer_config
+
+
+class ReadTimeout(RuntimeError):
+    """No progress for ``idle_timeout`` seconds before reaching the end offset."""
+
+
+def standalone_consumer(bootstrap: str, **overrides: object) -> Consumer:
+    config = consumer_config(bootstrap, f"xchg-reader-{uuid.uuid4().hex[:8]}", **overrides)
+    config.setdefault("fetch.max.bytes", 104857600)
+    config.setdefault("max.partition.fetch.bytes", 67108864)
+    return Consumer(config)
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0) -> tuple[int, int]:
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
+    return int(low), int(high)
+
+
+def read_range(consumer: Consumer, topic: str, partition: int, start: int, end: int,
+               batch: int = 1000, idle_timeout: float = 30.0) -> Iterator[Message]:
+    if start >= end:
+        return
+    tp = TopicPartition(topic, partition, start)
+    consumer.assign([tp])
+    idle = 0.0
+    try:
+        while True:
+            messages = consumer.consume(num_messages=batch, timeout=0.05)
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == error._PARTITION_EOF:
+                        continue
+                    raise KafkaException(error)
+                offset = message.offset()
+                if offset >= end:
+                    return
+                yield message
+            position = consumer.position([TopicPartition(topic, partition)])[0].offset
+            if position >= end or (messages and messages[-1].offset() >= end - 1):
+                return
+            idle = 0.0 if messages else idle + 0.05
+            if idle >= idle_timeout:
+                raise ReadTimeout(f"{topic}[{partition}]: stuck at offset {position} before {end}")
+    finally:
+        consumer.unassign()
+
+
+def end_offset(consumer: Consumer, topic: str, partition: int) -> int:
+    return watermarks(consumer, topic, partition)[1]
+
+
+__all__ = ["OFFSET_END", "ReadTimeout", "end_offset", "read_range", "standalone_consumer", "watermarks"]

@@ -1,0 +1,203 @@
+"""Domain commands and events ↔ the Avro record dicts of the topics (``schemas/``).
+
+The engine speaks domain objects (``streams.domain``); Kafka speaks the dicts that
+``streams.serde.Codec`` encodes. This module is the one translation between them, written as
+flat per-type functions because it sits on the hot path (one call per command and per event).
+
+Enum values travel as their wire names, which are also the Avro enum symbols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from streams.domain.commands import (
+    Amend,
+    Cancel,
+    CancelAll,
+    Command,
+    MarketState,
+    OrderType,
+    Place,
+    SetState,
+    Side,
+    STPMode,
+    TimeInForce,
+)
+from streams.domain.events import (
+    CancelAllDone,
+    CancelReason,
+    Event,
+    ExpireReason,
+    MarketStateChanged,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderExpired,
+    OrderFilled,
+    OrderRejected,
+    RejectCode,
+    Trade,
+)
+
+NS = "xchg.v1."
+Record = dict[str, Any]
+
+
+class RecordError(ValueError):
+    """A decoded command record that cannot become a domain command (dead-letter it)."""
+
+
+_SIDE = {s.wire: s for s in Side}
+_TYPE = {t.wire: t for t in OrderType}
+_TIF = {t.wire: t for t in TimeInForce}
+_STP = {s.wire: s for s in STPMode}
+_STATE = {s.wire: s for s in MarketState}
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+def command_from_record(value: Record, ts: int) -> tuple[str, Command]:
+    """``(market, command)`` from an ``orders.commands`` value; ``ts`` is the record's log time."""
+    command_id = value["command_id"]
+    name, body = value["body"]
+    if name == NS + "PlaceOrder":
+        return value["market"], Place(
+            command_id, ts, body["order_id"], body["account"], _SIDE[body["side"]],
+            _TYPE[body["order_type"]], body["price"], body["qty"], _TIF[body["tif"]],
+            body["post_only"], _STP[body["stp"]],
+        )
+    if name == NS + "CancelOrder":
+        return value["market"], Cancel(command_id, ts, body["order_id"], body["account"])
+    if name == NS + "AmendOrder":
+        return value["market"], Amend(command_id, ts, body["order_id"], body["account"], body["qty"], body["price"])
+    if name == NS + "CancelAll":
+        return value["market"], CancelAll(command_id, ts, body["account"])
+    if name == NS + "SetMarketState":
+        return value["market"], SetState(command_id, ts, _STATE[body["state"]])
+    raise RecordError(f"unknown command body {name}")
+
+
+def command_to_record(market: str, cmd: Command) -> Record:
+    """The ``orders.commands`` value of a command (its ``ts`` is not sent: the broker sets it)."""
+    body: tuple[str, Record]
+    if isinstance(cmd, Place):
+        body = (NS + "PlaceOrder", {
+            "order_id": cmd.order_id, "account": cmd.account, "side": cmd.side.wire,
+            "order_type": cmd.order_type.wire, "price": cmd.price, "qty": cmd.qty, "tif": cmd.tif.wire,
+            "post_only": cmd.post_only, "stp": cmd.stp.wire,
+        })
+    elif isinstance(cmd, Cancel):
+        body = (NS + "CancelOrder", {"order_id": cmd.order_id, "account": cmd.account})
+    elif isinstance(cmd, Amend):
+        body = (NS + "AmendOrder", {"order_id": cmd.order_id, "account": cmd.account,
+                                    "qty": cmd.qty, "price": cmd.price})
+    elif isinstance(cmd, CancelAll):
+        body = (NS + "CancelAll", {"account": cmd.account})
+    else:
+        body = (NS + "SetMarketState", {"state": cmd.state.wire})
+    return {"command_id": cmd.command_id, "market": market, "body": body}
+
+
+# -- events -----------------------------------------------------------------------------------------
+
+def _accepted(e: OrderAccepted) -> tuple[str, Record]:
+    return NS + "OrderAccepted", {
+        "order_id": e.order_id, "account": e.account, "side": e.side.wire, "order_type": e.order_type.wire,
+        "price": e.price, "qty": e.qty, "tif": e.tif.wire, "post_only": e.post_only, "stp": e.stp.wire,
+    }
+
+
+def _rejected(e: OrderRejected) -> tuple[str, Record]:
+    return NS + "OrderRejected", {"order_id": e.order_id, "account": e.account, "reason": e.reason.wire}
+
+
+def _amended(e: OrderAmended) -> tuple[str, Record]:
+    return NS + "OrderAmended", {"order_id": e.order_id, "account": e.account, "price": e.price,
+                                 "qty": e.qty, "requeued": e.requeued}
+
+
+def _trade(e: Trade) -> tuple[str, Record]:
+    return NS + "TradeExecuted", {
+        "trade_id": e.trade_id, "price": e.price, "qty": e.qty, "maker_order_id": e.maker_order_id,
+        "maker_account": e.maker_account, "taker_order_id": e.taker_order_id,
+        "taker_account": e.taker_account, "taker_side": e.taker_side.wire,
+    }
+
+
+def _filled(e: OrderFilled) -> tuple[str, Record]:
+    return NS + "OrderFilled", {"order_id": e.order_id, "account": e.account}
+
+
+def _cancelled(e: OrderCancelled) -> tuple[str, Record]:
+    return NS + "OrderCancelled", {"order_id": e.order_id, "account": e.account, "qty": e.qty,
+                                   "reason": e.reason.wire}
+
+
+def _expired(e: OrderExpired) -> tuple[str, Record]:
+    return NS + "OrderExpired", {"order_id": e.order_id, "account": e.account, "qty": e.qty,
+                                 "remaining": e.remaining, "reason": e.reason.wire}
+
+
+def _cancel_all(e: CancelAllDone) -> tuple[str, Record]:
+    return NS + "CancelAllDone", {"account": e.account, "count": e.count}
+
+
+def _state(e: MarketStateChanged) -> tuple[str, Record]:
+    return NS + "MarketStateChanged", {"state": e.state.wire}
+
+
+_BODY: dict[type[Any], Callable[[Any], tuple[str, Record]]] = {
+    OrderAccepted: _accepted, OrderRejected: _rejected, OrderAmended: _amended, Trade: _trade,
+    OrderFilled: _filled, OrderCancelled: _cancelled, OrderExpired: _expired,
+    CancelAllDone: _cancel_all, MarketStateChanged: _state,
+}
+
+
+def event_record(market: str, event: Event, command_id: str, partition: int, offset: int) -> Record:
+    """The ``orders.events`` envelope of one engine event."""
+    return {
+        "market": market, "seq": event.seq, "ts": event.ts, "command_id": command_id,
+        "input_partition": partition, "input_offset": offset, "body": _BODY[type(event)](event),
+    }
+
+
+def trade_record(market: str, trade: Trade, command_id: str, partition: int, offset: int) -> Record:
+    """The ``trades`` value of one trade."""
+    return {
+        "market": market, "trade_id": trade.trade_id, "seq": trade.seq, "ts": trade.ts,
+        "price": trade.price, "qty": trade.qty, "maker_order_id": trade.maker_order_id,
+        "maker_account": trade.maker_account, "taker_order_id": trade.taker_order_id,
+        "taker_account": trade.taker_account, "taker_side": trade.taker_side.wire,
+        "command_id": command_id, "input_partition": partition, "input_offset": offset,
+    }
+
+
+def event_from_record(value: Record) -> Event:
+    """The domain event inside an ``orders.events`` value (for checkers and sinks)."""
+    name, b = value["body"]
+    seq, ts = value["seq"], value["ts"]
+    kind = name.removeprefix(NS)
+    if kind == "OrderAccepted":
+        return OrderAccepted(seq, ts, b["order_id"], b["account"], _SIDE[b["side"]], _TYPE[b["order_type"]],
+                             b["price"], b["qty"], _TIF[b["tif"]], b["post_only"], _STP[b["stp"]])
+    if kind == "OrderRejected":
+        return OrderRejected(seq, ts, b["order_id"], b["account"], RejectCode.from_wire(b["reason"]))
+    if kind == "OrderAmended":
+        return OrderAmended(seq, ts, b["order_id"], b["account"], b["price"], b["qty"], b["requeued"])
+    if kind == "TradeExecuted":
+        return Trade(seq, ts, b["trade_id"], b["price"], b["qty"], b["maker_order_id"], b["maker_account"],
+                     b["taker_order_id"], b["taker_account"], _SIDE[b["taker_side"]])
+    if kind == "OrderFilled":
+        return OrderFilled(seq, ts, b["order_id"], b["account"])
+    if kind == "OrderCancelled":
+        return OrderCancelled(seq, ts, b["order_id"], b["account"], b["qty"], CancelReason.from_wire(b["reason"]))
+    if kind == "OrderExpired":
+        return OrderExpired(seq, ts, b["order_id"], b["account"], b["qty"], b["remaining"],
+                            ExpireReason.from_wire(b["reason"]))
+    if kind == "CancelAllDone":
+        return CancelAllDone(seq, ts, b["account"], b["count"])
+    if kind == "MarketStateChanged":
+        return MarketStateChanged(seq, ts, _STATE[b["state"]])
+    raise RecordError(f"unknown event body {name}")
