@@ -22,7 +22,6 @@ moves the partitions that change owner, ``read_committed``, no auto-commit.
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import signal
 import time
 from dataclasses import dataclass
