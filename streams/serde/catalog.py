@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -45,7 +45,9 @@ __all__ = [
     "SchemaCatalogError",
     "SchemaVersion",
     "crc64_avro",
+    "default_catalog",
     "expand",
+    "release",
     "resolution_form",
 ]
 
@@ -325,6 +327,12 @@ class SchemaCatalog:
         return f"v{_version_number(released[-1].version) + 1}" if released else "v1"
 
 
+@cache
+def default_catalog() -> SchemaCatalog:
+    """The catalog of the repository's ``schemas/``, loaded once per process."""
+    return SchemaCatalog.load()
+
+
 def _version_number(version: str) -> int:
     match = re.fullmatch(r"v([1-9][0-9]*)", version)
     if match is None:
@@ -369,27 +377,3 @@ def release(root: Path = SCHEMA_DIR) -> list[Path]:
         path.write_text(json.dumps(catalog.current(name).schema, indent=2) + "\n", encoding="utf-8")
         written.append(path)
     return written
-
-
-def _main(argv: Sequence[str]) -> int:
-    """``python -m streams.serde.catalog [list|release]``."""
-    command = argv[0] if argv else "list"
-    if command == "release":
-        for path in release():
-            print(f"wrote {path}")
-        return 0
-    if command == "list":
-        catalog = SchemaCatalog.load()
-        pending = set(catalog.unreleased())
-        for name in catalog.top_level:
-            cur = catalog.current(name)
-            versions = ",".join(v.version for v in catalog.history(name)) or "-"
-            flag = "  UNRELEASED CHANGES" if name in pending else ""
-            print(f"{name:32} {cur.fingerprint_hex}  released: {versions}{flag}")
-        return 0
-    print("usage: python -m streams.serde.catalog [list|release]", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))

@@ -38,7 +38,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro import validation as _validation
 from fastavro.validation import ValidationError as _ValidationError
 
-from streams.serde.catalog import SchemaCatalog, SchemaVersion
+from streams.serde.catalog import SchemaCatalog, SchemaVersion, default_catalog
 from streams.serde.topics import TOPICS, UnknownTopicError
 
 __all__ = [
@@ -137,6 +137,9 @@ class Codec:
     Confluent framing. ``strict=True`` validates each record against the schema before writing
     (slower; catches e.g. a float where a long is expected, which fastavro would otherwise
     truncate silently).
+
+    A codec may be shared by threads: its tables only grow (a registry id learnt twice is learnt
+    identically) and fastavro calls keep no shared state.
     """
 
     def __init__(
@@ -147,7 +150,7 @@ class Codec:
         schema_registry_client: Any | None = None,
         strict: bool = False,
     ) -> None:
-        self._catalog = catalog if catalog is not None else SchemaCatalog.load()
+        self._catalog = catalog if catalog is not None else default_catalog()
         self._strict = strict
         self._registry: Any | None = schema_registry_client
         if self._registry is None and schema_registry_url:
@@ -227,11 +230,13 @@ class Codec:
 
     # -- decode -------------------------------------------------------------------------------
 
-    def decode(self, topic: str, data: bytes) -> dict[str, Any]:
+    def decode(self, topic: str, data: bytes | None) -> dict[str, Any]:
         """Unframe and decode ``data`` into a dict shaped by the topic's current value schema."""
         tc = self._topics.get(topic)
         if tc is None:
             raise self._no_schema(topic)
+        if not data:  # b"" or a tombstone's None
+            raise DecodeError("empty", f"{topic}: no value")
         size = len(data)
         if size >= _SO_HEADER_LEN and data[0] == 0xC3 and data[1] == 0x01:
             res = tc.by_fingerprint.get(data[2:_SO_HEADER_LEN])

@@ -172,7 +172,7 @@ def test_every_top_level_record_is_released(catalog: SchemaCatalog) -> None:
         assert (SCHEMA_DIR / "history" / name / "v1.avsc").is_file()
     assert catalog.unreleased() == (), (
         f"schemas changed since their last release: {catalog.unreleased()}; "
-        "run `python -m streams.serde.catalog release` and commit the new history files"
+        "run `python -m streams.serde release` and commit the new history files"
     )
 
 

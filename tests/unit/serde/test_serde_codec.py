@@ -86,6 +86,7 @@ def test_confluent_via_url_and_subject_naming(catalog: SchemaCatalog) -> None:
     data = codec.encode("trades", TRADE)
     schema_id = struct.unpack(">I", data[1:5])[0]
     client = codec.schema_registry_client
+    assert client is not None
     assert type(client).__name__ == "MockSchemaRegistryClient"
     latest = client.get_latest_version("trades-value")
     assert latest.schema_id == schema_id == codec.schema_id("trades")
@@ -150,6 +151,8 @@ def _reason(codec: Codec, topic: str, data: bytes) -> str:
 
 def test_decode_garbage(codec: Codec) -> None:
     assert _reason(codec, "orders.commands", b"") == "empty"
+    with pytest.raises(DecodeError, match="empty"):
+        codec.decode("engine.snapshots", None)  # a compacted topic's tombstone
     assert _reason(codec, "orders.commands", b"hello world, not avro") == "unknown_framing"
     assert _reason(codec, "orders.commands", b"\xc3") == "truncated_header"
     assert _reason(codec, "orders.commands", b"\xc3\x01\x01\x02") == "truncated_header"

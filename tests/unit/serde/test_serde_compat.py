@@ -203,6 +203,7 @@ def test_git_versions_in_a_scratch_repository(tmp_path: Path) -> None:
     repo = GitSchemas(schemas, ("xchg.v1.Trade", "xchg.v1.OrderEvent"))
     working = SchemaCatalog.load(schemas, top_level=["xchg.v1.Trade"]).current("xchg.v1.Trade").schema
     head = repo.schema_at("HEAD", "xchg.v1.Trade")
+    assert head is not None
     assert [f["name"] for f in head["fields"]][-1] == "fee"
     found = repo.previous_distinct("xchg.v1.Trade")
     assert found is not None
