@@ -30,12 +30,14 @@ and one fastavro read or write. ``tests/unit/serde/bench_serde_codec.py`` measur
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from io import BytesIO
 from typing import Any, Final, Literal, get_args
 
-from fastavro import schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro import validation as _validation
+from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError as _ValidationError
 
 from streams.serde.catalog import SchemaCatalog, SchemaVersion, default_catalog
@@ -302,11 +304,6 @@ class Codec:
         return res
 
     def _resolution_for(self, tc: _TopicCodec, schema_id: int, registered: Any) -> _Resolution:
-        import json
-
-        from fastavro import parse_schema
-        from fastavro.schema import to_parsing_canonical_form
-
         if getattr(registered, "schema_type", "AVRO") not in (None, "AVRO"):
             raise DecodeError("unusable_writer_schema", f"schema id {schema_id} is not Avro")
         try:
