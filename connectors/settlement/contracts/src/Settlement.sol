@@ -162,6 +162,8 @@ contract Settlement is AccessControl, Pausable, ReentrancyGuardTransient {
         uint256 before = t.balanceOf(address(this));
         t.safeTransferFrom(msg.sender, address(this), amount);
         uint256 received = t.balanceOf(address(this)) - before;
+        // A token that delivered nothing (e.g. a 100% transfer fee) credits nothing (see SLITHER.md).
+        // slither-disable-next-line incorrect-equality
         if (received == 0) revert ZeroAmount();
         balanceOf[msg.sender][token] += received;
         emit Deposited(msg.sender, token, received);
@@ -289,11 +291,10 @@ contract Settlement is AccessControl, Pausable, ReentrancyGuardTransient {
 
     /// @notice True once no batch or heartbeat has been applied for `escapePeriod` seconds.
     function escapeOpen() public view returns (bool) {
-        // The only timing decision in the contract: a miner's few seconds of skew are
-        // irrelevant next to escape periods of at least MIN_ESCAPE_PERIOD.
+        // The only timing decision in the contract: a block producer's few seconds of skew are
+        // irrelevant next to escape periods of at least MIN_ESCAPE_PERIOD (see SLITHER.md).
         // slither-disable-next-line timestamp
-        // forge-lint: disable-next-line(block-timestamp)
-        return block.timestamp >= escapeOpensAt();
+        return block.timestamp >= escapeOpensAt(); // forge-lint: disable-line(block-timestamp)
     }
 
     // ---------------------------------------------------------------- internals
@@ -314,7 +315,7 @@ contract Settlement is AccessControl, Pausable, ReentrancyGuardTransient {
         uint256 n = deltas.length;
         address[] memory tokens = new address[](n);
         int256[] memory sums = new int256[](n);
-        uint256 tokenCount;
+        uint256 tokenCount = 0;
         for (uint256 i; i < n; ++i) {
             address account = deltas[i].account;
             address token = deltas[i].token;
