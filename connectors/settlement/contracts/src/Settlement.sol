@@ -267,9 +267,12 @@ contract Settlement is AccessControl, Pausable, ReentrancyGuardTransient {
         feeAccount = newFeeAccount;
     }
 
-    /// @notice Change the escape period (bounded); impossible once escape mode is open.
+    /// @notice Change the escape period (bounded); impossible once escape mode is open, and the
+    /// new period may not open it at once (escape mode is permanent, so that would be a shutdown).
     function setEscapePeriod(uint64 newPeriod) external onlyRole(DEFAULT_ADMIN_ROLE) whenNotEscaped {
         _checkEscapePeriod(newPeriod);
+        // slither-disable-next-line timestamp
+        if (uint256(lastSettlementAt) + newPeriod <= block.timestamp) revert InvalidEscapePeriod(newPeriod);
         emit EscapePeriodSet(escapePeriod, newPeriod);
         escapePeriod = newPeriod;
     }

@@ -150,6 +150,15 @@ contract SettlementUnitTest is SettlementFixture {
         vm.prank(admin);
         vm.expectRevert(abi.encodeWithSelector(Settlement.InvalidEscapePeriod.selector, uint64(31 days)));
         s.setEscapePeriod(31 days);
+
+        // A shorter period that would open escape mode right away is refused.
+        vm.warp(block.timestamp + 1 hours);
+        vm.prank(admin);
+        vm.expectRevert(abi.encodeWithSelector(Settlement.InvalidEscapePeriod.selector, uint64(1 hours)));
+        s.setEscapePeriod(1 hours);
+        vm.prank(admin);
+        s.setEscapePeriod(1 hours + 1);
+        assertFalse(s.escapeOpen(), "still closed");
     }
 
     // ------------------------------------------------------------ role checks
