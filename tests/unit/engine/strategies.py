@@ -138,10 +138,7 @@ def generate(spec: MarketSpec, rnd: random.Random, n: int) -> list[Command]:
         cid = f"c{i}"
         r = rnd.random()
         if r < 0.55 or not placed:
-            if rnd.random() < 0.05 and placed:
-                oid = rnd.choice(placed)[0]
-            else:
-                oid = f"o{i}"
+            oid = rnd.choice(placed)[0] if rnd.random() < 0.05 and placed else f"o{i}"
             account = rnd.choice(ACCOUNTS)
             side = rnd.choice([Side.BUY, Side.SELL])
             mid += rnd.choice([-1, 0, 0, 0, 1])
