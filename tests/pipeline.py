@@ -1,0 +1,176 @@
+"""Test helpers around real pipeline processes: fresh topics, engine subprocesses, offline replay.
+
+Crash tests run ``xchg engine run`` as real OS processes and SIGKILL them; these helpers start
+them with a per-test consumer group and transactional-id prefix, and wait on observable state
+(committed offsets, group membership), never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streams.markets import MarketRegistry
+from streams.runtime.partition import PartitionState
+from streams.runtime.reader import read_range, standalone_consumer, watermarks
+from streams.runtime.records import event_record
+from streams.runtime.topic_admin import TopicAdmin, load_topic_file
+from streams.serde.codec import Codec
+from streams.serde.topics import ORDERS_COMMANDS, ORDERS_EVENTS
+from streams.settings import PROJECT_ROOT, load_settings
+
+XCHG = [sys.executable, "-m", "streams.cli"]
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll an observable condition; fail the test with ``what`` when it does not come true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def fresh_topics(bootstrap: str) -> None:
+    """Delete and re-create every project topic (crash tests compare whole topics)."""
+    specs = load_topic_file(load_settings().topics_file)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [s.name for s in specs]
+    existing = set(admin.list_topics(timeout=30).topics)
+    doomed = [n for n in names if n in existing]
+    if doomed:
+        for future in admin.delete_topics(doomed, operation_timeout=30).values():
+            future.result()
+        wait_for(lambda: not (set(admin.list_topics(timeout=30).topics) & set(doomed)), 60, "topic deletion")
+    wait_for(lambda: _try_apply(bootstrap, specs), 60, "topic creation")
+
+
+def _try_apply(bootstrap: str, specs: list[Any]) -> bool:
+    try:
+        TopicAdmin(bootstrap).apply(specs)
+    except Exception:
+        return False
+    return True
+
+
+class EngineProcess:
+    """One ``xchg engine run`` OS process with per-test group settings."""
+
+    def __init__(self, bootstrap: str, group: str, instance: str, log_dir: Path,
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.bootstrap, self.group, self.instance = bootstrap, group, instance
+        self.log_path = log_dir / f"{instance}.log"
+        self.env = {
+            **os.environ,
+            "EXCHANGE_KAFKA_BOOTSTRAP": bootstrap,
+            "EXCHANGE_ENGINE_GROUP": group,
+            "EXCHANGE_ENGINE_TRANSACTIONAL_PREFIX": f"{group}-txn",
+            "EXCHANGE_ENGINE_SESSION_TIMEOUT_MS": "6000",
+            **(env or {}),
+        }
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, extra_env: dict[str, str] | None = None) -> EngineProcess:
+        self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*XCHG, "engine", "run", "--instance", self.instance, *self.args],
+                env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+            )
+        return self
+
+    def log_since_start(self) -> str:
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
+
+    def wait_assigned(self, timeout: float = 60) -> None:
+        """Until this incarnation has recovered and been assigned partitions (its log says so)."""
+        def ready() -> bool:
+            assert self.alive(), f"engine exited: see {self.log_path}"
+            return '"assigned"' in self.log_since_start()
+
+        wait_for(ready, timeout, f"{self.instance} to be assigned partitions")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def committed_total(bootstrap: str, group: str, partitions: int = 4) -> int:
+    """Sum of the group's committed input offsets (-1 if the broker does not answer in time).
+
+    read_uncommitted: a read_committed client asks for *stable* offsets, which the broker withholds
+    while any transaction of the group is pending; a progress probe wants the last decided ones."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "isolation.level": "read_uncommitted"})
+    try:
+        tps = consumer.committed([TopicPartition(ORDERS_COMMANDS, p) for p in range(partitions)], timeout=5)
+    except KafkaException:
+        return -1
+    finally:
+        consumer.close()
+    return sum(max(tp.offset, 0) for tp in tps)
+
+
+def input_total(bootstrap: str, partitions: int = 4) -> int:
+    consumer = standalone_consumer(bootstrap)
+    try:
+        return sum(watermarks(consumer, ORDERS_COMMANDS, p)[1] for p in range(partitions))
+    finally:
+        consumer.close()
+
+
+def offline_events(bootstrap: str, partition: int, codec: Codec) -> tuple[list[dict[str, Any]], PartitionState]:
+    """The orders.events records an uninterrupted engine produces for one input partition."""
+    registry = MarketRegistry.load(load_settings().markets_file)
+    state = PartitionState(partition, registry, codec)
+    out: list[dict[str, Any]] = []
+    consumer = standalone_consumer(bootstrap)
+    try:
+        low, high = watermarks(consumer, ORDERS_COMMANDS, partition)
+        for message in read_range(consumer, ORDERS_COMMANDS, partition, low, high):
+            result = state.process(message.offset(), message.value(), message.timestamp()[1])
+            if result.command is not None and result.market is not None:
+                out.extend(event_record(result.market, e, result.command.command_id, partition, message.offset())
+                           for e in result.events)
+    finally:
+        consumer.close()
+    return out, state
+
+
+def committed_events(bootstrap: str, partition: int, codec: Codec) -> list[dict[str, Any]]:
+    """orders.events records of one output partition as a read_committed consumer sees them."""
+    consumer = standalone_consumer(bootstrap)
+    try:
+        low, high = watermarks(consumer, ORDERS_EVENTS, partition)
+        return [codec.decode(ORDERS_EVENTS, m.value()) for m in read_range(consumer, ORDERS_EVENTS, partition, low, high)]
+    finally:
+        consumer.close()
