@@ -30,7 +30,7 @@ def _run_both(spec: MarketSpec, commands: list[Command]) -> None:
 
 
 @ENGINE_SETTINGS
-@given(command_streams(max_size=80))
+@given(command_streams(max_size=50))
 def test_engine_matches_reference(stream: tuple[MarketSpec, list[Command]]) -> None:
     spec, commands = stream
     _run_both(spec, commands)
