@@ -40,6 +40,7 @@ from streams.domain.commands import (
     TimeInForce,
 )
 from streams.domain.market import MarketSpec
+from streams.runtime.namespace import DEFAULT, Namespace
 from streams.runtime.records import command_to_record
 from streams.serde.codec import Codec
 from streams.serde.topics import ORDERS_COMMANDS
@@ -167,6 +168,7 @@ def produce_flow(
     rate: float | None,
     on_send: Callable[[str, float], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    ns: Namespace = DEFAULT,
 ) -> LoadReport:
     """Send ``count`` commands at ``rate`` per second (None: as fast as possible).
 
@@ -177,6 +179,7 @@ def produce_flow(
     start = time.monotonic()
     late_max = 0.0
     encode = codec.encode
+    topic = ns(ORDERS_COMMANDS)
     for i in range(count):
         market, cmd = flow.next()
         due = start + i / rate if rate else time.monotonic()
@@ -189,7 +192,7 @@ def produce_flow(
         value = encode(ORDERS_COMMANDS, command_to_record(market, cmd))
         while True:
             try:
-                producer.produce(ORDERS_COMMANDS, value, market.encode())
+                producer.produce(topic, value, market.encode())
                 break
             except BufferError:
                 producer.poll(0.05)

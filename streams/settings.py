@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.runtime.namespace import Namespace
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,6 +37,8 @@ class Settings(BaseSettings):
     kafka_controller_port: int = Field(default=19093, ge=1024, le=65000)
     kafka_heap: str = "1g"
     schema_registry_url: str | None = None
+    # Prefix of every topic name (a namespace): benchmarks and tests use their own beside a live one.
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
 
     # PostgreSQL. An explicit database_url means "use that server, start nothing".
     database_url: SecretStr | None = None
@@ -74,6 +78,10 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def namespace(self) -> Namespace:
+        return Namespace(self.topic_prefix)
 
     @property
     def local_kafka(self) -> bool:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from streams.markets import MarketRegistry
+from streams.runtime.namespace import Namespace
 from streams.runtime.partition import PartitionState
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.runtime.records import event_record
@@ -43,32 +43,17 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         time.sleep(interval)
 
 
-def fresh_topics(bootstrap: str) -> None:
-    """Delete and re-create every project topic (crash tests compare whole topics)."""
-    specs = load_topic_file(load_settings().topics_file)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [s.name for s in specs]
-    existing = set(admin.list_topics(timeout=30).topics)
-    doomed = [n for n in names if n in existing]
-    if doomed:
-        for future in admin.delete_topics(doomed, operation_timeout=30).values():
-            future.result()
-        wait_for(lambda: not (set(admin.list_topics(timeout=30).topics) & set(doomed)), 60, "topic deletion")
-    wait_for(lambda: _try_apply(bootstrap, specs), 60, "topic creation")
-
-
-def _try_apply(bootstrap: str, specs: list[Any]) -> bool:
-    try:
-        TopicAdmin(bootstrap).apply(specs)
-    except Exception:
-        return False
-    return True
+def fresh_namespace(bootstrap: str, name: str) -> Namespace:
+    """A namespace of its own (every project topic under a fresh prefix), created on the broker."""
+    namespace = Namespace(f"t-{name}.")
+    TopicAdmin(bootstrap).apply(load_topic_file(load_settings().topics_file, namespace.prefix))
+    return namespace
 
 
 class EngineProcess:
     """One ``xchg engine run`` OS process with per-test group settings."""
 
-    def __init__(self, bootstrap: str, group: str, instance: str, log_dir: Path,
+    def __init__(self, bootstrap: str, ns: Namespace, group: str, instance: str, log_dir: Path,
                  env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.bootstrap, self.group, self.instance = bootstrap, group, instance
         self.log_path = log_dir / f"{instance}.log"
@@ -76,6 +61,7 @@ class EngineProcess:
             **os.environ,
             "EXCHANGE_KAFKA_BOOTSTRAP": bootstrap,
             "EXCHANGE_ENGINE_GROUP": group,
+            "EXCHANGE_TOPIC_PREFIX": ns.prefix,
             "EXCHANGE_ENGINE_TRANSACTIONAL_PREFIX": f"{group}-txn",
             "EXCHANGE_ENGINE_SESSION_TIMEOUT_MS": "6000",
             **(env or {}),
@@ -124,7 +110,7 @@ class EngineProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def committed_total(bootstrap: str, group: str, partitions: int = 4) -> int:
+def committed_total(bootstrap: str, ns: Namespace, group: str, partitions: int = 4) -> int:
     """Sum of the group's committed input offsets (-1 if the broker does not answer in time).
 
     read_uncommitted: a read_committed client asks for *stable* offsets, which the broker withholds
@@ -132,7 +118,7 @@ def committed_total(bootstrap: str, group: str, partitions: int = 4) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
                          "isolation.level": "read_uncommitted"})
     try:
-        tps = consumer.committed([TopicPartition(ORDERS_COMMANDS, p) for p in range(partitions)], timeout=5)
+        tps = consumer.committed([TopicPartition(ns(ORDERS_COMMANDS), p) for p in range(partitions)], timeout=5)
     except KafkaException:
         return -1
     finally:
@@ -140,23 +126,24 @@ def committed_total(bootstrap: str, group: str, partitions: int = 4) -> int:
     return sum(max(tp.offset, 0) for tp in tps)
 
 
-def input_total(bootstrap: str, partitions: int = 4) -> int:
+def input_total(bootstrap: str, ns: Namespace, partitions: int = 4) -> int:
     consumer = standalone_consumer(bootstrap)
     try:
-        return sum(watermarks(consumer, ORDERS_COMMANDS, p)[1] for p in range(partitions))
+        return sum(watermarks(consumer, ns(ORDERS_COMMANDS), p)[1] for p in range(partitions))
     finally:
         consumer.close()
 
 
-def offline_events(bootstrap: str, partition: int, codec: Codec) -> tuple[list[dict[str, Any]], PartitionState]:
+def offline_events(bootstrap: str, ns: Namespace, partition: int,
+                   codec: Codec) -> tuple[list[dict[str, Any]], PartitionState]:
     """The orders.events records an uninterrupted engine produces for one input partition."""
     registry = MarketRegistry.load(load_settings().markets_file)
     state = PartitionState(partition, registry, codec)
     out: list[dict[str, Any]] = []
     consumer = standalone_consumer(bootstrap)
     try:
-        low, high = watermarks(consumer, ORDERS_COMMANDS, partition)
-        for message in read_range(consumer, ORDERS_COMMANDS, partition, low, high):
+        low, high = watermarks(consumer, ns(ORDERS_COMMANDS), partition)
+        for message in read_range(consumer, ns(ORDERS_COMMANDS), partition, low, high):
             result = state.process(message.offset(), message.value(), message.timestamp()[1])
             if result.command is not None and result.market is not None:
                 out.extend(event_record(result.market, e, result.command.command_id, partition, message.offset())
@@ -166,11 +153,12 @@ def offline_events(bootstrap: str, partition: int, codec: Codec) -> tuple[list[d
     return out, state
 
 
-def committed_events(bootstrap: str, partition: int, codec: Codec) -> list[dict[str, Any]]:
+def committed_events(bootstrap: str, ns: Namespace, partition: int, codec: Codec) -> list[dict[str, Any]]:
     """orders.events records of one output partition as a read_committed consumer sees them."""
     consumer = standalone_consumer(bootstrap)
     try:
-        low, high = watermarks(consumer, ORDERS_EVENTS, partition)
-        return [codec.decode(ORDERS_EVENTS, m.value()) for m in read_range(consumer, ORDERS_EVENTS, partition, low, high)]
+        low, high = watermarks(consumer, ns(ORDERS_EVENTS), partition)
+        return [codec.decode(ORDERS_EVENTS, m.value())
+                for m in read_range(consumer, ns(ORDERS_EVENTS), partition, low, high)]
     finally:
         consumer.close()

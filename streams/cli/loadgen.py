@@ -42,6 +42,7 @@ def loadgen(
     flow = OrderFlow(specs, seed, accounts=accounts)
     producer = make_producer(KafkaCluster(settings).bootstrap_servers())
     report = produce_flow(producer, Codec(schema_registry_url=settings.schema_registry_url), flow, count,
-                          rate or None, progress=lambda i: console.print(f"[dim]sent {i}[/dim]") if i and i % 100000 == 0 else None)
+                          rate or None, ns=settings.namespace,
+                          progress=lambda i: console.print(f"[dim]sent {i}[/dim]") if i and i % 100000 == 0 else None)
     print(json.dumps({"sent": report.sent, "seconds": round(report.seconds, 3), "rate": round(report.rate, 1),
                       "late_max_ms": round(report.late_max_ms, 1), "per_market": report.per_market}))

@@ -32,7 +32,7 @@ def _send(markets: list[str], make: object) -> None:
     assert callable(make)
     for market in markets:
         command: Command = make(f"admin-{uuid.uuid4().hex}")
-        producer.produce(ORDERS_COMMANDS, codec.encode(ORDERS_COMMANDS, command_to_record(market, command)),
+        producer.produce(settings.namespace(ORDERS_COMMANDS), codec.encode(ORDERS_COMMANDS, command_to_record(market, command)),
                          market.encode())
     remaining = producer.flush(30)
     if remaining:

@@ -38,6 +38,7 @@ def run(
         session_timeout_ms=settings.engine_session_timeout_ms,
         max_runtime_s=max_runtime,
         idle_exit_s=idle_exit,
+        namespace=settings.namespace,
     )
     serve_metrics(settings.metrics_port)
     processor = MatchingProcessor(config, MarketRegistry.load(settings.markets_file),

@@ -34,7 +34,7 @@ def apply(allow_repartition: bool = typer.Option(False, help="allow adding parti
     """Create missing topics and set differing configs; report drift it cannot fix. Exit 2 on drift."""
     settings = load_settings()
     admin = TopicAdmin(KafkaCluster(settings).bootstrap_servers())
-    plan = admin.apply(load_topic_file(settings.topics_file), allow_repartition)
+    plan = admin.apply(load_topic_file(settings.topics_file, settings.topic_prefix), allow_repartition)
     _report(plan, applied=True)
     if plan.drift:
         raise typer.Exit(2)
@@ -46,7 +46,7 @@ def plan() -> None:
     """Show what `apply` would change, without changing anything. Exit 2 when anything differs."""
     settings = load_settings()
     admin = TopicAdmin(KafkaCluster(settings).bootstrap_servers())
-    result = admin.plan(load_topic_file(settings.topics_file))
+    result = admin.plan(load_topic_file(settings.topics_file, settings.topic_prefix))
     _report(result, applied=False)
     if result.changes:
         raise typer.Exit(2)

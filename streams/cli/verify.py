@@ -26,8 +26,9 @@ def stream(outcomes: bool = typer.Option(False, help="also check one outcome per
     from streams.runtime.verify import check_outcomes, check_streams
     from streams.serde.codec import Codec
 
-    codec = Codec(schema_registry_url=load_settings().schema_registry_url)
-    report = check_streams(_bootstrap(), codec)
+    settings = load_settings()
+    codec = Codec(schema_registry_url=settings.schema_registry_url)
+    report = check_streams(_bootstrap(), codec, settings.namespace)
     table = Table("market", "last seq", "last trade id", "book deltas to seq")
     for market in sorted(set(report.events.last) | set(report.trades.last)):
         table.add_row(market, str(report.events.last.get(market, 0)), str(report.trades.last.get(market, 0)),
@@ -42,7 +43,7 @@ def stream(outcomes: bool = typer.Option(False, help="also check one outcome per
         console.print("[red]trades and the TradeExecuted events of orders.events differ[/red]")
     clean = report.clean
     if outcomes:
-        out = check_outcomes(_bootstrap(), codec)
+        out = check_outcomes(_bootstrap(), codec, settings.namespace)
         console.print(f"orders.commands: {out.commands} commands, {out.dead_letters} dead letters, "
                       f"{len(out.missing)} without outcome, {len(out.duplicated)} with several")
         clean = clean and out.clean
@@ -61,7 +62,7 @@ def replay(partition: int = typer.Option(..., help="orders.commands partition to
     settings = load_settings()
     state, report = recover(
         _bootstrap(), MarketRegistry.load(settings.markets_file), Codec(schema_registry_url=settings.schema_registry_url),
-        partition, target_offset=None, use_snapshot=False, strict=False,
+        partition, settings.namespace, target_offset=None, use_snapshot=False, strict=False,
         progress=lambda done, total: console.print(f"[dim]replayed {done}/{total}[/dim]"),
     )
     console.print(f"partition {partition}: replayed {report.replayed} commands in {report.seconds:.1f}s, "

@@ -45,6 +45,7 @@ from streams.observability import (
 )
 from streams.runtime.clients import consumer_config, producer_config
 from streams.runtime.crashpoints import crash_point
+from streams.runtime.namespace import DEFAULT, Namespace
 from streams.runtime.partition import PartitionState, Processed
 from streams.runtime.records import event_record, trade_record
 from streams.runtime.recovery import recover
@@ -78,6 +79,7 @@ class MatchingConfig:
     commit_timeout_s: float = 30.0
     max_runtime_s: float | None = None  # stop after this long (benchmarks, demos)
     idle_exit_s: float | None = None  # stop after this long without input (demos)
+    namespace: Namespace = DEFAULT
 
 
 class _Owned:
@@ -97,6 +99,8 @@ class MatchingProcessor:
         self.registry = registry
         self.codec = codec
         self.owned: dict[int, _Owned] = {}
+        self.ns = config.namespace
+        self.input_topic = self.ns(ORDERS_COMMANDS)
         self.consumer = Consumer(consumer_config(
             config.bootstrap, config.group_id,
             **{
@@ -127,9 +131,9 @@ class MatchingProcessor:
         """Fence the previous owner, then rebuild the partition's state up to the committed offset."""
         started = time.monotonic()
         producer = self._producer(partition)  # fences the previous owner and aborts its open txn
-        committed = self.consumer.committed([TopicPartition(ORDERS_COMMANDS, partition)], timeout=30)[0].offset
+        committed = self.consumer.committed([TopicPartition(self.input_topic, partition)], timeout=30)[0].offset
         state, report = recover(
-            self.config.bootstrap, self.registry, self.codec, partition,
+            self.config.bootstrap, self.registry, self.codec, partition, self.ns,
             target_offset=committed if committed >= 0 else 0,
             progress=lambda done, total: log.info("recovery progress", partition=partition,
                                                   replayed=done, of=total),
@@ -173,7 +177,7 @@ class MatchingProcessor:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        self.consumer.subscribe([ORDERS_COMMANDS], on_assign=self._on_assign, on_revoke=self._on_revoke,
+        self.consumer.subscribe([self.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         idle_since = time.monotonic()
         try:
@@ -242,7 +246,7 @@ class MatchingProcessor:
         if partition not in {tp.partition for tp in self.consumer.assignment()}:
             return
         owned = self._take(partition)
-        self.consumer.seek(TopicPartition(ORDERS_COMMANDS, partition, owned.state.next_offset))
+        self.consumer.seek(TopicPartition(self.input_topic, partition, owned.state.next_offset))
 
     def _transact(self, partition: int, owned: _Owned, batch: list[Message]) -> None:
         producer, state, codec = owned.producer, owned.state, self.codec
@@ -261,7 +265,7 @@ class MatchingProcessor:
                 self._produce(producer, DLQ_ORDERS_COMMANDS, message.key(), message.value() or b"", headers=[
                     ("xchg.error.reason", result.dead.reason.encode()),
                     ("xchg.error.detail", result.dead.detail[:1000].encode()),
-                    ("xchg.source", f"{ORDERS_COMMANDS}/{partition}/{offset}".encode()),
+                    ("xchg.source", f"{self.input_topic}/{partition}/{offset}".encode()),
                 ])
                 continue
             market = result.market
@@ -296,7 +300,7 @@ class MatchingProcessor:
             owned.since_snapshot = 0
             crash_point("during-snapshot")
         producer.send_offsets_to_transaction(
-            [TopicPartition(ORDERS_COMMANDS, partition, state.next_offset)],
+            [TopicPartition(self.input_topic, partition, state.next_offset)],
             self.consumer.consumer_group_metadata(), self.config.commit_timeout_s)
         started = time.monotonic()
         self._commit(producer)
@@ -348,8 +352,7 @@ class MatchingProcessor:
             self._produce(producer, ENGINE_HASHES, market.encode(), self.codec.encode(ENGINE_HASHES, record),
                           partition=partition)
 
-    @staticmethod
-    def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes,
+    def _produce(self, producer: Producer, topic: str, key: bytes | None, value: bytes,
                  partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
         kwargs: dict[str, Any] = {}
         if partition is not None:
@@ -358,7 +361,7 @@ class MatchingProcessor:
             kwargs["headers"] = headers
         while True:
             try:
-                producer.produce(topic, value, key, **kwargs)
+                producer.produce(self.ns(topic), value, key, **kwargs)
                 return
             except BufferError:
                 producer.poll(0.05)

@@ -23,6 +23,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from streams.markets import MarketRegistry
+from streams.runtime.namespace import Namespace
 from streams.runtime.partition import PartitionState, StateMismatch
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.serde.codec import Codec, DecodeError
@@ -52,20 +53,26 @@ class RecordedHash:
     state_hash: str
 
 
-def latest_snapshot(consumer: Consumer, codec: Codec, partition: int) -> tuple[dict[str, Any], int] | None:
-    """Newest snapshot record of ``partition`` and its log timestamp, or None."""
-    low, high = watermarks(consumer, ENGINE_SNAPSHOTS, partition)
+def latest_snapshot(consumer: Consumer, codec: Codec, partition: int, ns: Namespace,
+                    max_offset: int) -> tuple[dict[str, Any], int] | None:
+    """Newest snapshot of ``partition`` with ``next_offset <= max_offset``, and its log time.
+
+    Snapshots past ``max_offset`` are skipped: they cannot come from this consumer group (a
+    snapshot commits with the input offsets it reflects), but the engine is deterministic, so a
+    snapshot any group took at an offset below the target is as good as our own."""
+    topic = ns(ENGINE_SNAPSHOTS)
+    low, high = watermarks(consumer, topic, partition)
     window = 4
     end = high
     while end > low:
         start = max(low, end - window)
         found = None
-        for message in read_range(consumer, ENGINE_SNAPSHOTS, partition, start, end):
+        for message in read_range(consumer, topic, partition, start, end):
             try:
                 record = codec.decode(ENGINE_SNAPSHOTS, message.value())
             except DecodeError:
                 continue
-            if record["partition"] == partition:
+            if record["partition"] == partition and record["next_offset"] <= max_offset:
                 found = (record, message.timestamp()[1])
         if found is not None:
             return found
@@ -74,17 +81,19 @@ def latest_snapshot(consumer: Consumer, codec: Codec, partition: int) -> tuple[d
     return None
 
 
-def recorded_hashes(consumer: Consumer, codec: Codec, partition: int, since_ms: int | None) -> list[RecordedHash]:
+def recorded_hashes(consumer: Consumer, codec: Codec, partition: int, ns: Namespace,
+                    since_ms: int | None) -> list[RecordedHash]:
     """Hashes the live engine published for ``partition`` (from ``since_ms`` when given)."""
-    low, high = watermarks(consumer, ENGINE_HASHES, partition)
+    topic = ns(ENGINE_HASHES)
+    low, high = watermarks(consumer, topic, partition)
     start = low
     if since_ms is not None:
         from confluent_kafka import TopicPartition
 
-        found = consumer.offsets_for_times([TopicPartition(ENGINE_HASHES, partition, since_ms)], timeout=30)
+        found = consumer.offsets_for_times([TopicPartition(topic, partition, since_ms)], timeout=30)
         start = found[0].offset if found[0].offset >= 0 else high
     out = []
-    for message in read_range(consumer, ENGINE_HASHES, partition, start, high):
+    for message in read_range(consumer, topic, partition, start, high):
         record = codec.decode(ENGINE_HASHES, message.value())
         out.append(RecordedHash(record["market"], record["seq"], record["input_offset"], record["state_hash"]))
     return out
@@ -95,6 +104,7 @@ def recover(
     registry: MarketRegistry,
     codec: Codec,
     partition: int,
+    ns: Namespace,
     target_offset: int | None,
     use_snapshot: bool = True,
     strict: bool = True,
@@ -104,9 +114,9 @@ def recover(
     started = time.monotonic()
     consumer = standalone_consumer(bootstrap)
     try:
-        snapshot = latest_snapshot(consumer, codec, partition) if use_snapshot else None
-        low, high = watermarks(consumer, ORDERS_COMMANDS, partition)
+        low, high = watermarks(consumer, ns(ORDERS_COMMANDS), partition)
         target = high if target_offset is None or target_offset < 0 else target_offset
+        snapshot = latest_snapshot(consumer, codec, partition, ns, target) if use_snapshot else None
         if snapshot is not None:
             record, snapshot_ts = snapshot
             state = PartitionState.from_snapshot(record, registry, codec)
@@ -115,11 +125,6 @@ def recover(
             state = PartitionState(partition, registry, codec)
             state.next_offset = 0
             since = None
-        if snapshot is not None and state.next_offset > target:
-            # A snapshot is committed with its offsets, so it cannot be ahead of the group;
-            # it can only be ahead of a target given by hand (xchg verify replay --until).
-            raise RecoveryError(f"partition {partition}: snapshot at offset {state.next_offset} is past "
-                                f"the target offset {target}")
         if state.next_offset < low and target > state.next_offset:
             if state.next_offset == 0 and snapshot is None and target_offset is None:
                 state.next_offset = low  # an offline replay of what retention kept
@@ -130,11 +135,11 @@ def recover(
                 )
         report = RecoveryReport(partition, record["next_offset"] if snapshot else None, target)
         hashes: dict[int, list[RecordedHash]] = {}
-        for recorded in recorded_hashes(consumer, codec, partition, since):
+        for recorded in recorded_hashes(consumer, codec, partition, ns, since):
             if state.next_offset <= recorded.input_offset < target:
                 hashes.setdefault(recorded.input_offset, []).append(recorded)
         total = target - state.next_offset
-        for message in read_range(consumer, ORDERS_COMMANDS, partition, state.next_offset, target):
+        for message in read_range(consumer, ns(ORDERS_COMMANDS), partition, state.next_offset, target):
             offset = message.offset()
             state.process(offset, message.value(), message.timestamp()[1])
             report.replayed += 1

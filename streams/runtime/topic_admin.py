@@ -48,7 +48,8 @@ class TopicSpec(BaseModel):
         return {**self.config, "min.insync.replicas": str(self.min_insync_replicas)}
 
 
-def load_topic_file(path: Path) -> list[TopicSpec]:
+def load_topic_file(path: Path, prefix: str = "") -> list[TopicSpec]:
+    """The topic specs of the file; ``prefix`` places them in a namespace (see ``Namespace``)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -61,7 +62,7 @@ def load_topic_file(path: Path) -> list[TopicSpec]:
     specs = []
     for name, body in raw["topics"].items():
         body = body or {}
-        merged = {**defaults, **{k: v for k, v in body.items() if k != "config"}, "name": name,
+        merged = {**defaults, **{k: v for k, v in body.items() if k != "config"}, "name": prefix + name,
                   "config": {k: str(v) for k, v in (body.get("config") or {}).items()}}
         try:
             specs.append(TopicSpec.model_validate(merged))

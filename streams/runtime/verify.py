@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, Message
 
 from streams.domain.events import is_outcome
+from streams.runtime.namespace import DEFAULT, Namespace
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.runtime.records import event_from_record
 from streams.runtime.sequence import BookChain, SequenceTracker
@@ -44,21 +45,21 @@ class StreamReport:
                 and self.trade_ids == self.trade_ids_in_events)
 
 
-def check_streams(bootstrap: str, codec: Codec) -> StreamReport:
+def check_streams(bootstrap: str, codec: Codec, ns: Namespace = DEFAULT) -> StreamReport:
     report = StreamReport()
     consumer = standalone_consumer(bootstrap)
     try:
-        for message in read_topic(consumer, ORDERS_EVENTS):
+        for message in read_topic(consumer, ns(ORDERS_EVENTS)):
             record = codec.decode(ORDERS_EVENTS, message.value())
             report.events.observe(record["market"], record["seq"])
             name, body = record["body"]
             if name.endswith("TradeExecuted"):
                 report.trade_ids_in_events[(record["market"], body["trade_id"])] += 1
-        for message in read_topic(consumer, TRADES):
+        for message in read_topic(consumer, ns(TRADES)):
             record = codec.decode(TRADES, message.value())
             report.trades.observe(record["market"], record["trade_id"])
             report.trade_ids[(record["market"], record["trade_id"])] += 1
-        for message in read_topic(consumer, MD_BOOK):
+        for message in read_topic(consumer, ns(MD_BOOK)):
             record = codec.decode(MD_BOOK, message.value())
             report.book.observe(record["market"], record["book_seq"], record["prev_book_seq"], record["snapshot"])
     finally:
@@ -79,23 +80,23 @@ class OutcomeReport:
         return not self.missing and not self.duplicated
 
 
-def check_outcomes(bootstrap: str, codec: Codec) -> OutcomeReport:
+def check_outcomes(bootstrap: str, codec: Codec, ns: Namespace = DEFAULT) -> OutcomeReport:
     """Every command in ``orders.commands`` has exactly one outcome event or one dead letter."""
     report = OutcomeReport()
     consumer = standalone_consumer(bootstrap)
     try:
-        for message in read_topic(consumer, ORDERS_EVENTS):
+        for message in read_topic(consumer, ns(ORDERS_EVENTS)):
             record = codec.decode(ORDERS_EVENTS, message.value())
             if is_outcome(event_from_record(record)):
                 report.outcomes[record["command_id"]] += 1
         dead_sources: Counter[str] = Counter()
-        for message in read_topic(consumer, DLQ_ORDERS_COMMANDS):
+        for message in read_topic(consumer, ns(DLQ_ORDERS_COMMANDS)):
             headers = dict(message.headers() or [])
             dead_sources[headers.get("xchg.source", b"").decode()] += 1
         report.dead_letters = sum(dead_sources.values())
-        for message in read_topic(consumer, ORDERS_COMMANDS):
+        for message in read_topic(consumer, ns(ORDERS_COMMANDS)):
             report.commands += 1
-            source = f"{ORDERS_COMMANDS}/{message.partition()}/{message.offset()}"
+            source = f"{ns(ORDERS_COMMANDS)}/{message.partition()}/{message.offset()}"
             if source in dead_sources:
                 if dead_sources[source] > 1:
                     report.duplicated.append(source)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,24 @@ import pytest
 from streams.loadgen import LoadReport, OrderFlow, produce_flow
 from streams.markets import MarketRegistry
 from streams.runtime.clients import make_producer
+from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec
 from streams.settings import load_settings
-from tests.pipeline import fresh_topics
+from tests.pipeline import fresh_namespace
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A test's own topics (a namespace) on the shared broker, and its consumer group."""
+
+    bootstrap: str
+    ns: Namespace
+    group: str
 
 
 @pytest.fixture
-def clean_topics(project_topics: str) -> str:
-    fresh_topics(project_topics)
-    return project_topics
+def stage(kafka_bootstrap: str, unique: str) -> Stage:
+    return Stage(kafka_bootstrap, fresh_namespace(kafka_bootstrap, unique), f"g-{unique}")
 
 
 @pytest.fixture
@@ -30,16 +40,17 @@ def codec() -> Codec:
 class Load:
     """The standard order flow, produced in a background thread at a fixed rate."""
 
-    def __init__(self, bootstrap: str, count: int, rate: float | None, seed: int) -> None:
+    def __init__(self, stage: Stage, count: int, rate: float | None, seed: int) -> None:
         registry = MarketRegistry.load(load_settings().markets_file)
         self.flow = OrderFlow([m.spec() for m in registry], seed)
-        self.producer = make_producer(bootstrap)
+        self.producer = make_producer(stage.bootstrap)
+        self.ns = stage.ns
         self.count, self.rate = count, rate
         self.report: LoadReport | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        self.report = produce_flow(self.producer, Codec(), self.flow, self.count, self.rate)
+        self.report = produce_flow(self.producer, Codec(), self.flow, self.count, self.rate, ns=self.ns)
 
     def start(self) -> Load:
         self.thread.start()
