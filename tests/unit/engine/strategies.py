@@ -179,13 +179,15 @@ def generate(spec: MarketSpec, rnd: random.Random, n: int) -> list[Command]:
             if r < 0.72:
                 out.append(Cancel(cid, ts, oid, account))
             else:
-                qty = None if rnd.random() < 0.4 else unit * rnd.choice([1, 2, 3, 5])
-                price = (
-                    None if (qty is not None and rnd.random() < 0.5) else (mid + rnd.randint(-4, 4)) * tick
+                new_qty = None if rnd.random() < 0.4 else unit * rnd.choice([1, 2, 3, 5])
+                new_price = (
+                    None
+                    if (new_qty is not None and rnd.random() < 0.5)
+                    else (mid + rnd.randint(-4, 4)) * tick
                 )
                 if rnd.random() < 0.05:
-                    qty = rnd.choice([0, spec.lot + 1, -1])
-                out.append(Amend(cid, ts, oid, account, qty, price))
+                    new_qty = rnd.choice([0, spec.lot + 1, -1])
+                out.append(Amend(cid, ts, oid, account, new_qty, new_price))
         elif r < 0.97:
             out.append(CancelAll(cid, ts, rnd.choice(ACCOUNTS)))
         else:

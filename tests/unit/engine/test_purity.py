@@ -30,7 +30,9 @@ def banned_imports(source: str, filename: str) -> list[str]:
             names = [
                 a.value for a in node.args[:1] if isinstance(a, ast.Constant) and isinstance(a.value, str)
             ]
-        found += [f"{n} ({filename}:{node.lineno})" for n in names if n.split(".")[0] in BANNED]
+        found += [
+            f"{n} ({filename}:{getattr(node, 'lineno', 0)})" for n in names if n.split(".")[0] in BANNED
+        ]
     return found
 
 
