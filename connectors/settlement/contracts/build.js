@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Compile src/Settlement.sol with the pinned solc-js (standard JSON) and write
 // out/Settlement.json = { contractName, abi, bytecode, deployedBytecode, compiler, settings }
-// for web3.py to deploy. Usage: node build.js [--out DIR]
+// for web3.py to deploy, and out/MockERC20.json (test/mocks/MockERC20.sol: the mintable token
+// that `xchg settle deploy` puts on a dev chain). Usage: node build.js [--out DIR]
 // The compiler settings match foundry.toml, so the deployed code is the code under test.
 'use strict';
 const fs = require('fs');
@@ -23,9 +24,13 @@ const SETTINGS = {
 function main() {
   const solc = loadSolc();
   const sourceName = 'src/Settlement.sol';
+  const mockName = 'test/mocks/MockERC20.sol';
   const input = {
     language: 'Solidity',
-    sources: { [sourceName]: { content: fs.readFileSync(path.join(here, sourceName), 'utf8') } },
+    sources: {
+      [sourceName]: { content: fs.readFileSync(path.join(here, sourceName), 'utf8') },
+      [mockName]: { content: fs.readFileSync(path.join(here, mockName), 'utf8') },
+    },
     settings: SETTINGS,
   };
   // `@openzeppelin/...` resolves against infra/chain/node_modules; relative imports against this folder.
@@ -69,6 +74,16 @@ function main() {
   const file = path.join(outDir, 'Settlement.json');
   fs.writeFileSync(file, JSON.stringify(artifact, null, 2) + '\n');
   const size = (c.evm.deployedBytecode.object.length / 2) | 0;
+  const m = output.contracts[mockName].MockERC20;
+  const mock = {
+    contractName: 'MockERC20',
+    sourceName: mockName,
+    abi: m.abi,
+    bytecode: '0x' + m.evm.bytecode.object,
+    compiler: artifact.compiler,
+    settings: artifact.settings,
+  };
+  fs.writeFileSync(path.join(outDir, 'MockERC20.json'), JSON.stringify(mock, null, 2) + '\n');
   process.stdout.write(`build.js: wrote ${path.relative(process.cwd(), file) || file} (runtime ${size} bytes, solc ${solc.version()})\n`);
 }
 
