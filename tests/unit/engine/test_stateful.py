@@ -47,6 +47,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.original: dict[str, int] = {}  # accepted qty (+ amend adjustments)
         self.removed: dict[str, int] = {}  # filled + cancelled + expired qty per order id
         self.last_trade_id = 0
+        self.l2: dict[Side, dict[int, int]] = {Side.BUY: {}, Side.SELL: {}}  # mirror fed by book changes
 
     @initialize(spec=st.sampled_from(SPECS))
     def start(self, spec: MarketSpec) -> None:
@@ -79,6 +80,20 @@ class EngineMachine(RuleBasedStateMachine):
         if opposite is not None:
             self.check_priority(events, opposite)
         self.account(events, cmd)
+        self.check_book_changes()
+
+    def check_book_changes(self) -> None:
+        """An L2 mirror fed only by ``take_book_changes`` equals the book's levels."""
+        changes = self.engine.take_book_changes()
+        assert len({(side, price) for side, price, _ in changes}) == len(changes)
+        for side, price, qty in changes:
+            if qty == 0:
+                self.l2[side].pop(price, None)
+            else:
+                self.l2[side][price] = qty
+        for side in Side:
+            levels = self.engine.book_levels(side)
+            assert sorted(self.l2[side].items(), reverse=side is Side.BUY) == levels
 
     def check_counters(self, events: list[Event], before_seq: int, ts: int) -> None:
         assert [e.seq for e in events] == list(range(before_seq + 1, before_seq + 1 + len(events)))
