@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     engine_hash_every: int = Field(default=20_000, gt=0)
     engine_session_timeout_ms: int = Field(default=10_000, ge=3000)
 
+    # Settlement (xchg settle ...): batching, fees, finality, fee bumps (connectors/settlement).
+    settlement_assets_file: Path = Field(default=PROJECT_ROOT / "infra" / "assets.yaml")
+    settlement_batch_trades: int = Field(default=1000, gt=0)
+    settlement_batch_max_age_ms: int = Field(default=60_000, gt=0)
+    settlement_max_deltas: int = Field(default=400, ge=5)
+    settlement_taker_fee_bps: int = Field(default=10, ge=0, lt=10_000)
+    settlement_fee_account: str = "fees"
+    settlement_min_depth: int = Field(default=12, ge=1)
+    settlement_replace_after_blocks: int = Field(default=3, ge=1)
+    settlement_max_fee_wei: int = Field(default=500 * 10**9, gt=0)
+    # Operator key; unset = the dev key derived for the namespace (local chains only).
+    settlement_operator_key: SecretStr | None = None
+    # Deployment record (addresses); unset = <runtime_dir>/settlement/deployment-<namespace>.json.
+    settlement_deployment_file: Path | None = None
+
     # Prometheus endpoint of the process (0 = none).
     metrics_port: int = Field(default=0, ge=0, le=65535)
 

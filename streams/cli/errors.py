@@ -20,6 +20,7 @@ _OPERATOR_ERRORS = (
     "streams.markets:RegistryError",
     "streams.runtime.topic_admin:TopicFileError",
     "connectors.timescale.migrations:MigrationError",
+    "connectors.settlement.errors:SettlementError",
 )
 
 
