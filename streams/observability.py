@@ -61,3 +61,12 @@ TXN_SECONDS = Histogram("xchg_engine_commit_seconds", "Duration of one batch tra
 RECOVERY_SECONDS = Histogram("xchg_engine_recovery_seconds", "Partition recovery duration",
                              buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))
 OWNED_PARTITIONS = Gauge("xchg_engine_partitions", "Input partitions owned by this instance")
+
+SETTLEMENT_BATCHES = Counter("xchg_settlement_batches_total", "Settlement batches entering a state",
+                             ["market", "state"])
+SETTLEMENT_GAS_USED = Histogram(
+    "xchg_settlement_gas_used", "Gas used by each included settlement batch transaction", ["market"],
+    buckets=(100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000),
+)
+SETTLEMENT_GAS_PRICE = Gauge("xchg_settlement_gas_price_wei",
+                             "Effective gas price of the last included settlement transaction", ["market"])
