@@ -70,3 +70,8 @@ SETTLEMENT_GAS_USED = Histogram(
 )
 SETTLEMENT_GAS_PRICE = Gauge("xchg_settlement_gas_price_wei",
                              "Effective gas price of the last included settlement transaction", ["market"])
+DB_QUERY_SECONDS = Histogram("xchg_db_query_seconds", "Duration of each database statement or COPY", ["operation"],
+                             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+SINK_CIRCUIT = Gauge("xchg_sink_circuit_state", "Database circuit of the sink: 0 closed, 1 open, 2 half-open")
+SINK_ROWS = Counter("xchg_sink_rows_total", "Rows written by the sink", ["table"])
+SINK_ANOMALIES = Counter("xchg_sink_anomalies_total", "Sequence gaps and duplicates seen by the sink", ["topic", "kind"])

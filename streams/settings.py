@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     # Deployment record (addresses); unset = <runtime_dir>/settlement/deployment-<namespace>.json.
     settlement_deployment_file: Path | None = None
 
+    # Analytics sink (xchg sink timescale) and market data (xchg marketdata run).
+    sink_name: str = "xchg-sink"  # key of the sink's offsets in kafka_offsets (one sink instance per name)
+    sink_batch_size: int = Field(default=20_000, gt=0)
+    sink_linger_ms: int = Field(default=200, ge=0)
+    book_snapshot_interval_s: int = Field(default=60, gt=0)  # L2 snapshots every N seconds of event time
+    retention_days: int = Field(default=90, gt=0)  # plain path: partitions older than this are dropped
+
     # Prometheus endpoint of the process (0 = none).
     metrics_port: int = Field(default=0, ge=0, le=65535)
 

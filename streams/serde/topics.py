@@ -16,6 +16,7 @@ from typing import Final
 
 __all__ = [
     "DLQ_ORDERS_COMMANDS",
+    "DLQ_SINK",
     "ENGINE_HASHES",
     "ENGINE_SNAPSHOTS",
     "MD_BOOK",
@@ -41,6 +42,7 @@ ENGINE_HASHES: Final = "engine.hashes"
 SETTLEMENT_BATCHES: Final = "settlement.batches"
 SETTLEMENT_STATUS: Final = "settlement.status"
 DLQ_ORDERS_COMMANDS: Final = "dlq.orders.commands"
+DLQ_SINK: Final = "dlq.sink"
 
 
 class UnknownTopicError(KeyError):
@@ -70,6 +72,7 @@ _ROWS: Final = (
     Topic(SETTLEMENT_BATCHES, "xchg.v1.SettlementBatch", "deterministic trade batches with net deltas"),
     Topic(SETTLEMENT_STATUS, "xchg.v1.SettlementStatus", "submitter state transitions per batch"),
     Topic(DLQ_ORDERS_COMMANDS, None, "undecodable orders.commands values, raw, reason in headers"),
+    Topic(DLQ_SINK, None, "records the analytics sink could not decode or the database rejected, raw, reason in headers"),
 )
 
 TOPICS: Final = MappingProxyType({row.name: row for row in _ROWS})

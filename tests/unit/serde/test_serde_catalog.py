@@ -156,6 +156,7 @@ def test_topic_table_names_existing_records(catalog: SchemaCatalog) -> None:
         "settlement.batches",
         "settlement.status",
         "dlq.orders.commands",
+        "dlq.sink",
     }
     assert TOPICS["dlq.orders.commands"].value_record is None
     records = {t.value_record for t in TOPICS.values()} - {None}
