@@ -4,4 +4,30 @@ from __future__ import annotations
 
 import typer
 
+from streams.cli.errors import guarded
+from streams.settings import load_settings
+
 app = typer.Typer(help="Derived market data: the faust-streaming candle processor.", no_args_is_help=True)
+
+
+@app.command("run")
+@guarded
+def run(
+    idle_exit: float | None = typer.Option(None, help="stop after this many seconds without trades"),
+) -> None:
+    """Turn trades into 1m/1h/1d OHLCV candles on md.candles (faust worker) until SIGTERM/SIGINT."""
+    from streams.observability import get_logger, serve_metrics
+    from streams.processors.marketdata import MarketDataConfig
+    from streams.processors.marketdata import run as run_worker
+    from streams.services.kafka import KafkaCluster
+
+    settings = load_settings()
+    config = MarketDataConfig(
+        bootstrap=KafkaCluster(settings).bootstrap_servers(),
+        namespace=settings.namespace,
+        idle_exit_s=idle_exit,
+        schema_registry_url=settings.schema_registry_url,
+    )
+    serve_metrics(settings.metrics_port)
+    stats = run_worker(config)
+    get_logger("marketdata").info("marketdata stopped", trades=stats.trades, published=stats.published)

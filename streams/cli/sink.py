@@ -1,7 +1,55 @@
-"""``xchg sink ...``: Sinks: the exactly-once TimescaleDB/PostgreSQL sink."""
+"""``xchg sink ...``: Sinks: the exactly-once TimescaleDB/PostgreSQL sink (and ``xchg bench sink``)."""
 
 from __future__ import annotations
 
+import json
+
 import typer
 
+from streams.cli.bench import app as bench_app
+from streams.cli.errors import guarded
+from streams.settings import load_settings
+
 app = typer.Typer(help="Sinks: the exactly-once TimescaleDB/PostgreSQL sink.", no_args_is_help=True)
+
+
+@app.command("timescale")
+@guarded
+def timescale(
+    until_caught_up: bool = typer.Option(False, "--until-caught-up", help="stop once every input partition is written"),
+    idle_exit: float | None = typer.Option(None, help="stop after this many seconds without input"),
+    max_runtime: float | None = typer.Option(None, help="stop after this many seconds"),
+    batch_size: int | None = typer.Option(None, help="records per database transaction at most"),
+) -> None:
+    """Write trades, order events, candles and L2 snapshots to PostgreSQL/TimescaleDB, exactly once."""
+    from connectors.timescale.sink import SinkConfig, TimescaleSink, market_rows
+    from streams.observability import get_logger, serve_metrics
+    from streams.services.kafka import KafkaCluster
+
+    settings = load_settings()
+    config = SinkConfig(
+        bootstrap=KafkaCluster(settings).bootstrap_servers(), dsn=settings.writer_dsn(),
+        namespace=settings.namespace, name=settings.sink_name,
+        batch_size=batch_size or settings.sink_batch_size, linger_ms=settings.sink_linger_ms,
+        book_snapshot_interval_s=settings.book_snapshot_interval_s, retention_days=settings.retention_days,
+        until_caught_up=until_caught_up, idle_exit_s=idle_exit, max_runtime_s=max_runtime,
+        schema_registry_url=settings.schema_registry_url,
+    )
+    serve_metrics(settings.metrics_port)
+    sink = TimescaleSink(config, markets=market_rows(settings.markets_file))
+    get_logger("sink").info("sink starting", sink=config.name, namespace=settings.namespace.prefix)
+    stats = sink.run()
+    get_logger("sink").info("sink stopped", records=stats.records, rows=dict(stats.rows),
+                            duplicates=stats.duplicates, gaps=stats.gaps, dead_letters=stats.dead_letters)
+
+
+@bench_app.command("sink")
+@guarded
+def bench_sink(
+    trades: int = typer.Option(200_000, "--trades", min=1000, help="trades produced and ingested"),
+    candle_trades: int = typer.Option(5_000, "--candle-trades", min=100, help="trades through the candle processor"),
+) -> None:
+    """End-to-end sink throughput vs raw COPY into the same database, and candle processor speed."""
+    from connectors.timescale.bench import run
+
+    typer.echo(json.dumps(run(load_settings(), trades, candle_trades)))

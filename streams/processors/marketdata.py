@@ -1,0 +1,156 @@
+"""The market-data processor: faust-streaming turns ``trades`` into OHLCV candles on ``md.candles``.
+
+Design (see design.md §1: derived data is computed once, here, and everything else reads the topic):
+
+- One faust agent over the namespaced ``trades`` topic (key = market). Records travel as raw bytes
+  and are decoded/encoded with the project ``Codec`` (Avro single-object framing), so the faust
+  serializers never see Avro.
+- State: a plain faust ``Table`` keyed by market (co-partitioned with ``trades``) whose value holds,
+  for every interval (1m, 1h, 1d), the open candle, a few recently closed candles and the last
+  folded ``trade_id`` (``streams.processors.candles``). We chose a plain table over
+  ``Table.tumbling``: a windowed table cannot tell when a window is *closed* by the next window's
+  first trade (its expiry is wall-clock driven) and it would need a key per window; one key per
+  market makes "final when the next window's first trade arrives" a simple comparison and keeps the
+  changelog to one record per trade.
+- Every update is published to ``md.candles`` keyed by market: the open candle of each interval
+  after every trade, and the closed candle again with ``final = true`` when a later window starts.
+- Recovery: the table is restored from its changelog topic (``<app id>-candles-changelog``; the
+  app id carries the namespace prefix). faust commits input offsets after the changelog writes, so
+  after a crash the table can be *ahead* of the committed offsets: the replayed trades have
+  ``trade_id <= last`` and are skipped (no double counting), and on the first such trade per market
+  the processor re-publishes the candles those trades produced (closed ones it still keeps and the
+  open ones), so an update lost with the crash reaches ``md.candles`` anyway (no gaps). Consumers
+  (the sink) upsert candles by (market, interval, window_start), so a repeat changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from streams.observability import get_logger
+from streams.processors.candles import fold, new_state, replay_candles, to_record
+from streams.runtime.namespace import Namespace
+from streams.serde.codec import Codec, DecodeError
+from streams.serde.topics import MD_CANDLES, TRADES
+
+
+@dataclass(frozen=True)
+class MarketDataConfig:
+    bootstrap: str
+    namespace: Namespace
+    partitions: int = 4
+    idle_exit_s: float | None = None
+    commit_interval_s: float = 0.5
+    schema_registry_url: str | None = None
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.namespace.prefix}xchg-marketdata"
+
+
+@dataclass
+class Stats:
+    trades: int = 0
+    skipped: int = 0
+    published: int = 0
+    undecodable: int = 0
+    last_event: float = 0.0
+    started: float = 0.0
+    first_trade: float = 0.0
+
+
+def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
+    log = get_logger("marketdata")
+    codec = Codec(schema_registry_url=config.schema_registry_url)
+    stats = Stats(started=time.monotonic(), last_event=time.monotonic())
+    app = faust.App(
+        config.app_id,
+        broker=f"kafka://{config.bootstrap.split(',')[0]}",
+        store="memory://",
+        topic_partitions=config.partitions,
+        topic_replication_factor=1,
+        broker_commit_interval=config.commit_interval_s,
+        stream_recovery_delay=0.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        producer_acks=-1,
+        table_standby_replicas=0,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    trades = app.topic(config.namespace(TRADES), key_type=bytes, value_type=bytes,
+                       key_serializer="raw", value_serializer="raw", partitions=config.partitions)
+    candles = app.topic(config.namespace(MD_CANDLES), key_type=bytes, value_type=bytes,
+                        key_serializer="raw", value_serializer="raw", partitions=config.partitions)
+    table = app.Table("candles", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
+    replayed: set[str] = set()
+
+    async def publish(key: bytes, updates: list[dict[str, Any]]) -> None:
+        for candle in updates:
+            await candles.send(key=key, value=codec.encode(MD_CANDLES, to_record(candle)))
+        stats.published += len(updates)
+
+    @app.agent(trades)
+    async def process(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            stats.last_event = time.monotonic()
+            if not stats.first_trade:
+                stats.first_trade = stats.last_event
+            try:
+                trade = codec.decode(TRADES, event.value)
+            except DecodeError as error:
+                stats.undecodable += 1
+                log.warning("undecodable trade skipped", reason=error.reason, offset=event.message.offset)
+                continue
+            market = trade["market"]
+            key = market.encode()
+            stored = table.get(key)
+            state = new_state() if stored is None else json.loads(stored)
+            updates = fold(state, trade)
+            if not updates:
+                stats.skipped += 1
+                if market not in replayed:
+                    replayed.add(market)
+                    await publish(key, replay_candles(state, trade["trade_id"]))
+                continue
+            table[key] = json.dumps(state, separators=(",", ":")).encode()
+            stats.trades += 1
+            await publish(key, updates)
+
+    if config.idle_exit_s is not None:
+        idle = config.idle_exit_s
+
+        @app.timer(interval=0.5)
+        async def idle_check() -> None:
+            if time.monotonic() - stats.last_event > idle:
+                log.info("idle, stopping", trades=stats.trades, skipped=stats.skipped, published=stats.published)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    @app.timer(interval=5.0)
+    async def report() -> None:
+        log.info("progress", trades=stats.trades, skipped=stats.skipped, published=stats.published)
+
+    @app.task
+    async def started() -> None:
+        await asyncio.sleep(0)
+        log.info("marketdata started", app_id=config.app_id)
+
+    return app, stats
+
+
+def run(config: MarketDataConfig) -> Stats:
+    """Run the worker until SIGTERM/SIGINT (or ``idle_exit_s`` without trades)."""
+    app, stats = build_app(config)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    with contextlib.suppress(SystemExit):
+        worker.execute_from_commandline()
+    return stats

@@ -1,0 +1,129 @@
+"""Fixtures of the sink and candle tests: a fresh database per test (owned by the writer, readable
+by the analyst, migrated) and helpers to produce trades and read topics."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+from psycopg import sql
+
+from connectors.timescale.migrations import migrate
+from streams.runtime.clients import producer_config
+from streams.runtime.namespace import Namespace
+from streams.runtime.reader import read_range, standalone_consumer, watermarks
+from streams.serde.codec import Codec
+from streams.serde.topics import TRADES
+from streams.services.postgres import PostgresCluster
+from streams.settings import load_settings
+from tests.services import Endpoint
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str
+    writer: str
+    analyst: str
+    admin: str
+
+
+def _dsn(base: str, dbname: str) -> str:
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{dbname}"
+
+
+def create_database(name: str) -> Database:
+    settings = load_settings()
+    cluster = PostgresCluster(settings)
+    writer, analyst = settings.pg_writer_user, settings.pg_analyst_user
+    with psycopg.connect(cluster.admin_conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(writer)))
+        conn.execute(sql.SQL("grant connect on database {} to {}").format(sql.Identifier(name), sql.Identifier(analyst)))
+    with psycopg.connect(cluster.admin_conninfo(name), autocommit=True) as conn:
+        conn.execute("revoke create on schema public from public")
+        conn.execute(sql.SQL("create schema xchg authorization {}").format(sql.Identifier(writer)))
+        conn.execute(sql.SQL("grant usage on schema xchg to {}").format(sql.Identifier(analyst)))
+        conn.execute(sql.SQL("alter default privileges for role {} in schema xchg grant select on tables to {}")
+                     .format(sql.Identifier(writer), sql.Identifier(analyst)))
+    db = Database(name, _dsn(settings.writer_dsn(), name), _dsn(settings.analyst_dsn(), name),
+                  cluster.admin_conninfo(name))
+    migrate(db.writer)
+    return db
+
+
+def drop_database(name: str) -> None:
+    cluster = PostgresCluster(load_settings())
+    with psycopg.connect(cluster.admin_conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database(postgres: Endpoint, unique: str) -> Iterator[Database]:
+    if postgres.mode != "local":
+        pytest.skip("per-test databases need the project's local cluster")
+    db = create_database(f"xchg_t_{unique}")
+    try:
+        yield db
+    finally:
+        drop_database(db.name)
+
+
+def random_trades(rng: random.Random, markets: list[str], per_market: int, start_ms: int,
+                  max_step_ms: int = 90_000) -> list[dict[str, Any]]:
+    """Trades with gap-free per-market ids and non-decreasing times (as the engine produces)."""
+    out: list[dict[str, Any]] = []
+    for market in markets:
+        ts = start_ms + rng.randint(0, 59_999)
+        for trade_id in range(1, per_market + 1):
+            ts += rng.choice((0, rng.randint(0, 5_000), rng.randint(0, max_step_ms)))
+            out.append({
+                "market": market, "trade_id": trade_id, "seq": trade_id * 3, "ts": ts,
+                "price": rng.randint(90_00, 110_00), "qty": rng.randint(1, 10_000),
+                "maker_order_id": f"m{trade_id}", "maker_account": f"acct{rng.randint(0, 9)}",
+                "taker_order_id": f"t{trade_id}", "taker_account": f"acct{rng.randint(0, 9)}",
+                "taker_side": rng.choice(("buy", "sell")), "command_id": f"c{trade_id}",
+                "input_partition": 0, "input_offset": trade_id,
+            })
+    return out
+
+
+def produce(bootstrap: str, ns: Namespace, logical: str, records: list[dict[str, Any]],
+            codec: Codec | None = None) -> None:
+    codec = codec or Codec()
+    producer = Producer(producer_config(bootstrap))
+    for i, record in enumerate(records):
+        producer.produce(ns(logical), key=record["market"].encode(), value=codec.encode(logical, record))
+        if i % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def produce_raw(bootstrap: str, ns: Namespace, logical: str, key: bytes, value: bytes) -> None:
+    producer = Producer(producer_config(bootstrap))
+    producer.produce(ns(logical), key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def read_topic(bootstrap: str, ns: Namespace, logical: str, partitions: int = 4,
+               decode: bool = True) -> list[Any]:
+    codec = Codec()
+    consumer = standalone_consumer(bootstrap)
+    out: list[Any] = []
+    try:
+        for p in range(partitions):
+            low, high = watermarks(consumer, ns(logical), p)
+            for m in read_range(consumer, ns(logical), p, low, high):
+                out.append(codec.decode(logical, m.value()) if decode else m)
+    finally:
+        consumer.close()
+    return out
+
+
+__all__ = ["TRADES", "Database", "create_database", "drop_database", "produce", "produce_raw", "random_trades",
+           "read_topic"]
