@@ -9,7 +9,21 @@ from __future__ import annotations
 
 import typer
 
-from streams.cli import bench, db, engine, infra, loadgen, market, marketdata, matching, settle, sink, topics, verify
+from streams.cli import (
+    bench,
+    db,
+    demo,
+    engine,
+    infra,
+    loadgen,
+    market,
+    marketdata,
+    matching,
+    settle,
+    sink,
+    topics,
+    verify,
+)
 
 app = typer.Typer(
     name="xchg",
@@ -25,6 +39,7 @@ app.add_typer(engine.app, name="engine")
 app.add_typer(market.app, name="market")
 app.add_typer(verify.app, name="verify")
 app.command("loadgen")(loadgen.loadgen)
+app.command("demo")(demo.demo)
 app.add_typer(marketdata.app, name="marketdata")
 app.add_typer(sink.app, name="sink")
 app.add_typer(settle.app, name="settle")

@@ -19,3 +19,40 @@ def engine_bench(
     from streams.bench.engine import run
 
     typer.echo(json.dumps(run(commands, seed).as_dict()))
+
+
+@app.command("pipeline")
+def pipeline_bench(
+    commands: Annotated[int, typer.Option(help="commands for the throughput phase")] = 200_000,
+    batch_size: Annotated[int, typer.Option(help="commands per transaction")] = 2000,
+    rate: Annotated[float, typer.Option(help="offered load of the latency phase, commands/s")] = 5000.0,
+    seconds: Annotated[float, typer.Option(help="duration of the latency phase")] = 20.0,
+) -> None:
+    """Engine throughput with exactly-once, the transactional passthrough floor, and latency."""
+    from streams.bench.pipeline import run_pipeline
+    from streams.services.kafka import KafkaCluster
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    log_dir = settings.runtime_dir / "bench"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    result = run_pipeline(KafkaCluster(settings).bootstrap_servers(), settings, commands, batch_size, rate,
+                          seconds, str(log_dir), lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(result))
+
+
+@app.command("recovery")
+def recovery_bench(
+    commands: Annotated[int, typer.Option(help="commands processed before the crash")] = 1_000_000,
+) -> None:
+    """Recovery time after a SIGKILL: process start to the first processed command."""
+    from streams.bench.pipeline import run_recovery
+    from streams.services.kafka import KafkaCluster
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    log_dir = settings.runtime_dir / "bench"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    result = run_recovery(KafkaCluster(settings).bootstrap_servers(), settings, commands, str(log_dir),
+                          lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(result))

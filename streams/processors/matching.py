@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ from streams.runtime.clients import consumer_config, producer_config
 from streams.runtime.crashpoints import crash_point
 from streams.runtime.namespace import DEFAULT, Namespace
 from streams.runtime.partition import PartitionState, Processed
-from streams.runtime.records import event_record, trade_record
+from streams.runtime.records import REJECT_W, event_record, trade_record
 from streams.runtime.recovery import recover
 from streams.serde.codec import Codec
 from streams.serde.topics import (
@@ -112,9 +113,14 @@ class MatchingProcessor:
                 "fetch.wait.max.ms": 10,
             },
         ))
+        self._committers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="commit")
+        self.needs_recovery: set[int] = set()  # owned partitions paused until they are recovered
         self._stop = False
         self.processed = 0
         self.started = time.monotonic()
+        # (monotonic time, commands processed) at the first and the last commit, for benchmarks.
+        self.first_commit: tuple[float, int] | None = None
+        self.last_commit: tuple[float, int] | None = None
 
     # -- ownership ------------------------------------------------------------------------------
     def _producer(self, partition: int) -> Producer:
@@ -151,7 +157,9 @@ class MatchingProcessor:
         owned = self.owned.pop(partition, None)
         OWNED_PARTITIONS.set(len(self.owned))
         if owned is not None:
-            owned.producer.flush(0)
+            # Nothing is pending between batches; a fenced producer raises here, harmlessly.
+            with contextlib.suppress(KafkaException):
+                owned.producer.flush(0)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -163,6 +171,7 @@ class MatchingProcessor:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._release(tp.partition)
+            self.needs_recovery.discard(tp.partition)
         consumer.incremental_unassign(partitions)
         log.info("revoked", partitions=sorted(tp.partition for tp in partitions))
 
@@ -185,6 +194,8 @@ class MatchingProcessor:
                 if self.config.max_runtime_s and time.monotonic() - self.started > self.config.max_runtime_s:
                     break
                 messages = self.consumer.consume(self.config.batch_size, self.config.linger_ms / 1000)
+                # consume() has served any rebalance: recover failed partitions we still own.
+                recovered = self._recover_pending() if self.needs_recovery else set()
                 if not messages:
                     if self.config.idle_exit_s and time.monotonic() - idle_since > self.config.idle_exit_s:
                         break
@@ -197,11 +208,9 @@ class MatchingProcessor:
                             log.warning("consume error", error=message.error().str())
                         continue
                     by_partition.setdefault(message.partition(), []).append(message)
-                for partition, batch in by_partition.items():
-                    owned = self.owned.get(partition)
-                    if owned is None:
-                        continue  # revoked while the batch was in flight: the new owner reprocesses it
-                    self._run_batch(partition, owned, batch)
+                # Skip partitions revoked meanwhile, or fetched before a rewind: the owner reprocesses them.
+                self._run_batches({p: batch for p, batch in by_partition.items()
+                                   if p in self.owned and p not in recovered})
         finally:
             self.close()
 
@@ -219,46 +228,98 @@ class MatchingProcessor:
                 except KafkaException as exc:
                     log.warning("final snapshot failed", partition=partition, error=str(exc))
             self._release(partition)
+        self._committers.shutdown(wait=True)
         with contextlib.suppress(KafkaException):
             self.consumer.close()
 
-    def _run_batch(self, partition: int, owned: _Owned, batch: list[Message]) -> None:
+    def _run_batches(self, batches: dict[int, list[Message]]) -> None:
+        """Stage one transaction per partition (CPU work, in turn), then commit them together:
+        each commit waits on broker round trips with the GIL released, so committing in parallel
+        keeps the partitions from queueing behind each other's commits."""
+        staged: list[tuple[int, _Owned, int | None]] = []
+        for partition, batch in batches.items():
+            owned = self.owned[partition]
+            try:
+                staged.append((partition, owned, self._stage(partition, owned, batch)))
+            except KafkaException as exc:
+                self._fail(partition, owned, exc)
+        if len(staged) == 1:
+            outcomes = [self._try_commit(staged[0][1])]
+        else:
+            outcomes = list(self._committers.map(lambda item: self._try_commit(item[1]), staged))
+        for (partition, owned, oldest_ts), error in zip(staged, outcomes, strict=True):
+            if error is not None:
+                self._fail(partition, owned, error)
+                continue
+            committed_at = time.monotonic()
+            if oldest_ts is not None:  # the batch's oldest command: its append time to this commit
+                ORDER_LATENCY.observe(max(0.0, time.time() - oldest_ts / 1000))
+            self.last_commit = (committed_at, self.processed)
+            if self.first_commit is None:
+                self.first_commit = self.last_commit
+            crash_point("after-commit")
+
+    def _try_commit(self, owned: _Owned) -> KafkaException | None:
+        started = time.monotonic()
         try:
-            self._transact(partition, owned, batch)
+            self._commit(owned.producer)
         except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            log.warning("transaction failed; recovering the partition", partition=partition,
-                        error=error.str(), fatal=error.fatal(), abortable=error.txn_requires_abort(),
-                        retriable=error.retriable())
-            if error.txn_requires_abort():
-                # If the abort fails too its outcome is unknown: the new producer that recovery
-                # creates with the same transactional id fences the old one and aborts it.
-                with contextlib.suppress(KafkaException):
-                    owned.producer.abort_transaction(self.config.commit_timeout_s)
-            self._recover_after_failure(partition)
+            return exc
+        TXN_SECONDS.observe(time.monotonic() - started)
+        return None
+
+    def _fail(self, partition: int, owned: _Owned, exc: KafkaException) -> None:
+        error: KafkaError = exc.args[0]
+        log.warning("transaction failed; recovering the partition", partition=partition,
+                    error=error.str(), fatal=error.fatal(), abortable=error.txn_requires_abort(),
+                    retriable=error.retriable())
+        if error.txn_requires_abort():
+            # If the abort fails too its outcome is unknown: the new producer that recovery
+            # creates with the same transactional id fences the old one and aborts it.
+            with contextlib.suppress(KafkaException):
+                owned.producer.abort_transaction(self.config.commit_timeout_s)
+        self._recover_after_failure(partition)
 
     def _recover_after_failure(self, partition: int) -> None:
-        """Rewind: drop state and producer, rebuild from the committed offset, seek back there."""
+        """Drop the partition's state and producer and pause it; the loop recovers it after its
+        next consume(), which first serves any pending rebalance: if the partition was taken from
+        us (that is why we were fenced), its revocation arrives there and we must not fence the
+        new owner by recreating the producer."""
         self._release(partition)
-        # Let the consumer process any pending rebalance first: if the partition was taken from
-        # us (we were fenced), the revocation arrives here and we must not fence the new owner.
-        self.consumer.consume(0, 0)  # (num_messages=0 only serves callbacks)
-        if partition not in {tp.partition for tp in self.consumer.assignment()}:
-            return
-        owned = self._take(partition)
-        self.consumer.seek(TopicPartition(self.input_topic, partition, owned.state.next_offset))
+        self.consumer.pause([TopicPartition(self.input_topic, partition)])
+        self.needs_recovery.add(partition)
 
-    def _transact(self, partition: int, owned: _Owned, batch: list[Message]) -> None:
-        producer, state, codec = owned.producer, owned.state, self.codec
-        encode = codec.encode
+    def _recover_pending(self) -> set[int]:
+        """Recover the paused partitions still assigned: rebuild, seek to the committed offset, resume."""
+        pending, self.needs_recovery = self.needs_recovery, set()
+        assigned = {tp.partition for tp in self.consumer.assignment()}
+        recovered = set()
+        for partition in sorted(pending & assigned):
+            owned = self._take(partition)
+            tp = TopicPartition(self.input_topic, partition, owned.state.next_offset)
+            self.consumer.seek(tp)
+            self.consumer.resume([tp])
+            recovered.add(partition)
+        return recovered
+
+    def _stage(self, partition: int, owned: _Owned, batch: list[Message]) -> int | None:
+        """Begin the partition's transaction, produce the batch's outputs and offsets; no commit.
+        Returns the log time of the batch's oldest command."""
+        producer, state = owned.producer, owned.state
+        encode = self.codec.encode
+        produce = producer.produce
+        events_topic, trades_topic = self.ns(ORDERS_EVENTS), self.ns(TRADES_TOPIC)
         producer.begin_transaction()
         touched: set[str] = set()
-        now_ms = time.time() * 1000
+        trades: dict[str, int] = {}
+        oldest_ts: int | None = None
         for message in batch:
             offset = message.offset()
             if offset < state.next_offset:
                 continue  # already reflected (a re-delivery after a seek)
             ts = message.timestamp()[1]
+            if oldest_ts is None:
+                oldest_ts = ts
             result: Processed = state.process(offset, message.value(), ts)
             if result.dead is not None:
                 DEAD_LETTERS.labels(result.dead.reason).inc()
@@ -274,20 +335,29 @@ class MatchingProcessor:
             key = market.encode()
             touched.add(market)
             for event in result.events:
-                self._produce(producer, ORDERS_EVENTS, key,
-                              encode(ORDERS_EVENTS, event_record(market, event, command_id, partition, offset)))
-                if type(event) is Trade:
-                    TRADES.labels(market).inc()
-                    self._produce(producer, TRADES_TOPIC, key,
-                                  encode(TRADES_TOPIC, trade_record(market, event, command_id, partition, offset)))
-                elif type(event) is OrderRejected:
-                    REJECTS.labels(event.reason.wire).inc()
-            ORDER_LATENCY.observe(max(0.0, (now_ms - ts) / 1000))
+                value = encode(ORDERS_EVENTS, event_record(market, event, command_id, partition, offset))
+                try:
+                    produce(events_topic, value, key)
+                except BufferError:
+                    self._produce(producer, ORDERS_EVENTS, key, value)
+                kind = type(event)
+                if kind is Trade:
+                    trades[market] = trades.get(market, 0) + 1
+                    value = encode(TRADES_TOPIC, trade_record(market, event, command_id, partition, offset))
+                    try:
+                        produce(trades_topic, value, key)
+                    except BufferError:
+                        self._produce(producer, TRADES_TOPIC, key, value)
+                elif kind is OrderRejected:
+                    REJECTS.labels(REJECT_W[event.reason]).inc()
+        # Metrics once per batch: per-command observations would cost more than the matching.
+        for market, count in trades.items():
+            TRADES.labels(market).inc(count)
         if touched:
             self._publish_book(producer, partition, owned, touched, batch[-1].offset())
         processed = len(batch)
         COMMANDS.labels(str(partition)).inc(processed)
-        self.processed += processed
+        self.processed += processed  # counted when staged: a failed batch is processed again
         owned.since_snapshot += processed
         owned.since_hash += processed
         crash_point("after-produce")
@@ -302,10 +372,7 @@ class MatchingProcessor:
         producer.send_offsets_to_transaction(
             [TopicPartition(self.input_topic, partition, state.next_offset)],
             self.consumer.consumer_group_metadata(), self.config.commit_timeout_s)
-        started = time.monotonic()
-        self._commit(producer)
-        TXN_SECONDS.observe(time.monotonic() - started)
-        crash_point("after-commit")
+        return oldest_ts
 
     def _commit(self, producer: Producer) -> None:
         for attempt in range(5):

@@ -54,6 +54,16 @@ _TYPE = {t.wire: t for t in OrderType}
 _TIF = {t.wire: t for t in TimeInForce}
 _STP = {s.wire: s for s in STPMode}
 _STATE = {s.wire: s for s in MarketState}
+# Wire names by member, one table per enum (IntEnum members of different enums with the same
+# value are equal, so one shared table would mix them up); the ``wire`` property costs a call.
+SIDE_W = {m: m.wire for m in Side}
+TYPE_W = {m: m.wire for m in OrderType}
+TIF_W = {m: m.wire for m in TimeInForce}
+STP_W = {m: m.wire for m in STPMode}
+STATE_W = {m: m.wire for m in MarketState}
+REJECT_W = {m: m.wire for m in RejectCode}
+CANCEL_W = {m: m.wire for m in CancelReason}
+EXPIRE_W = {m: m.wire for m in ExpireReason}
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -84,9 +94,9 @@ def command_to_record(market: str, cmd: Command) -> Record:
     body: tuple[str, Record]
     if isinstance(cmd, Place):
         body = (NS + "PlaceOrder", {
-            "order_id": cmd.order_id, "account": cmd.account, "side": cmd.side.wire,
-            "order_type": cmd.order_type.wire, "price": cmd.price, "qty": cmd.qty, "tif": cmd.tif.wire,
-            "post_only": cmd.post_only, "stp": cmd.stp.wire,
+            "order_id": cmd.order_id, "account": cmd.account, "side": SIDE_W[cmd.side],
+            "order_type": TYPE_W[cmd.order_type], "price": cmd.price, "qty": cmd.qty, "tif": TIF_W[cmd.tif],
+            "post_only": cmd.post_only, "stp": STP_W[cmd.stp],
         })
     elif isinstance(cmd, Cancel):
         body = (NS + "CancelOrder", {"order_id": cmd.order_id, "account": cmd.account})
@@ -96,7 +106,7 @@ def command_to_record(market: str, cmd: Command) -> Record:
     elif isinstance(cmd, CancelAll):
         body = (NS + "CancelAll", {"account": cmd.account})
     else:
-        body = (NS + "SetMarketState", {"state": cmd.state.wire})
+        body = (NS + "SetMarketState", {"state": STATE_W[cmd.state]})
     return {"command_id": cmd.command_id, "market": market, "body": body}
 
 
@@ -104,13 +114,13 @@ def command_to_record(market: str, cmd: Command) -> Record:
 
 def _accepted(e: OrderAccepted) -> tuple[str, Record]:
     return NS + "OrderAccepted", {
-        "order_id": e.order_id, "account": e.account, "side": e.side.wire, "order_type": e.order_type.wire,
-        "price": e.price, "qty": e.qty, "tif": e.tif.wire, "post_only": e.post_only, "stp": e.stp.wire,
+        "order_id": e.order_id, "account": e.account, "side": SIDE_W[e.side], "order_type": TYPE_W[e.order_type],
+        "price": e.price, "qty": e.qty, "tif": TIF_W[e.tif], "post_only": e.post_only, "stp": STP_W[e.stp],
     }
 
 
 def _rejected(e: OrderRejected) -> tuple[str, Record]:
-    return NS + "OrderRejected", {"order_id": e.order_id, "account": e.account, "reason": e.reason.wire}
+    return NS + "OrderRejected", {"order_id": e.order_id, "account": e.account, "reason": REJECT_W[e.reason]}
 
 
 def _amended(e: OrderAmended) -> tuple[str, Record]:
@@ -122,7 +132,7 @@ def _trade(e: Trade) -> tuple[str, Record]:
     return NS + "TradeExecuted", {
         "trade_id": e.trade_id, "price": e.price, "qty": e.qty, "maker_order_id": e.maker_order_id,
         "maker_account": e.maker_account, "taker_order_id": e.taker_order_id,
-        "taker_account": e.taker_account, "taker_side": e.taker_side.wire,
+        "taker_account": e.taker_account, "taker_side": SIDE_W[e.taker_side],
     }
 
 
@@ -132,12 +142,12 @@ def _filled(e: OrderFilled) -> tuple[str, Record]:
 
 def _cancelled(e: OrderCancelled) -> tuple[str, Record]:
     return NS + "OrderCancelled", {"order_id": e.order_id, "account": e.account, "qty": e.qty,
-                                   "reason": e.reason.wire}
+                                   "reason": CANCEL_W[e.reason]}
 
 
 def _expired(e: OrderExpired) -> tuple[str, Record]:
     return NS + "OrderExpired", {"order_id": e.order_id, "account": e.account, "qty": e.qty,
-                                 "remaining": e.remaining, "reason": e.reason.wire}
+                                 "remaining": e.remaining, "reason": EXPIRE_W[e.reason]}
 
 
 def _cancel_all(e: CancelAllDone) -> tuple[str, Record]:
@@ -145,7 +155,7 @@ def _cancel_all(e: CancelAllDone) -> tuple[str, Record]:
 
 
 def _state(e: MarketStateChanged) -> tuple[str, Record]:
-    return NS + "MarketStateChanged", {"state": e.state.wire}
+    return NS + "MarketStateChanged", {"state": STATE_W[e.state]}
 
 
 _BODY: dict[type[Any], Callable[[Any], tuple[str, Record]]] = {
@@ -169,7 +179,7 @@ def trade_record(market: str, trade: Trade, command_id: str, partition: int, off
         "market": market, "trade_id": trade.trade_id, "seq": trade.seq, "ts": trade.ts,
         "price": trade.price, "qty": trade.qty, "maker_order_id": trade.maker_order_id,
         "maker_account": trade.maker_account, "taker_order_id": trade.taker_order_id,
-        "taker_account": trade.taker_account, "taker_side": trade.taker_side.wire,
+        "taker_account": trade.taker_account, "taker_side": SIDE_W[trade.taker_side],
         "command_id": command_id, "input_partition": partition, "input_offset": offset,
     }
 

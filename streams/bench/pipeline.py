@@ -1,0 +1,406 @@
+"""Pipeline benchmarks on the real broker, each in a topic namespace of its own (deleted after).
+
+``run_pipeline`` measures, in one run:
+
+1. **throughput**: ``commands`` commands of the standard flow are produced first, then one
+   matching engine with exactly-once transactions consumes them; commands per second counts from
+   its first to its last commit;
+2. **passthrough**: the same input copied record for record to another topic by a
+   consume→produce loop with the same transactional settings and batch size (the floor the
+   engine is compared with); ``ratio`` = engine / passthrough;
+3. **latency**: an engine process runs while commands are produced at a fixed offered rate; the
+   latency of a command is from its *scheduled* send time to the moment a ``read_committed``
+   consumer sees its outcome event, so a stalled producer or engine counts against the figure
+   (no coordinated omission). The first ``warmup_s`` seconds are discarded.
+
+``run_recovery`` produces ``commands`` commands, lets an engine process consume them with the
+default snapshot interval, SIGKILLs it, starts a new one and measures from process start to the
+outcome of the first command produced after the kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.loadgen import OrderFlow, produce_flow
+from streams.markets import MarketRegistry
+from streams.processors.matching import MatchingConfig, MatchingProcessor
+from streams.runtime.clients import consumer_config, make_producer, producer_config
+from streams.runtime.namespace import Namespace
+from streams.runtime.reader import standalone_consumer, watermarks
+from streams.runtime.topic_admin import TopicAdmin, load_topic_file
+from streams.serde.codec import Codec
+from streams.serde.topics import ORDERS_COMMANDS, ORDERS_EVENTS
+from streams.settings import PROJECT_ROOT, Settings
+
+OUTCOMES = (
+    b"OrderAccepted",
+    b"OrderRejected",
+    b"OrderCancelled",
+    b"OrderAmended",
+    b"CancelAllDone",
+    b"MarketStateChanged",
+)
+
+
+@dataclass
+class Stage:
+    bootstrap: str
+    ns: Namespace
+    settings: Settings
+    extra_topics: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, bootstrap: str, settings: Settings, label: str) -> Stage:
+        ns = Namespace(f"bench-{label}-{uuid.uuid4().hex[:8]}.")
+        TopicAdmin(bootstrap).apply(load_topic_file(settings.topics_file, ns.prefix))
+        return cls(bootstrap, ns, settings)
+
+    def drop(self) -> None:
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(self.ns.prefix)]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=30).values():
+                with contextlib.suppress(KafkaException):
+                    future.result()
+
+    def input_end(self) -> int:
+        consumer = standalone_consumer(self.bootstrap)
+        try:
+            return sum(watermarks(consumer, self.ns(ORDERS_COMMANDS), p)[1] for p in range(self.partitions()))
+        finally:
+            consumer.close()
+
+    def partitions(self) -> int:
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        topic = self.ns(ORDERS_COMMANDS)
+        return len(admin.list_topics(topic, timeout=30).topics[topic].partitions)
+
+
+def _flow(settings: Settings, seed: int) -> OrderFlow:
+    registry = MarketRegistry.load(settings.markets_file)
+    return OrderFlow([m.spec() for m in registry], seed)
+
+
+def _preload(stage: Stage, commands: int, seed: int, report: Callable[[str], None]) -> None:
+    load = produce_flow(
+        make_producer(stage.bootstrap), Codec(), _flow(stage.settings, seed), commands, None, ns=stage.ns
+    )
+    report(f"preloaded {load.sent} commands at {load.rate:,.0f}/s")
+
+
+# -- 1. engine throughput ---------------------------------------------------------------------------
+
+
+def engine_throughput(stage: Stage, batch_size: int, report: Callable[[str], None]) -> float:
+    registry = MarketRegistry.load(stage.settings.markets_file)
+    processor = MatchingProcessor(
+        MatchingConfig(
+            bootstrap=stage.bootstrap,
+            group_id=f"{stage.ns.prefix}engine",
+            instance_id="bench-engine",
+            transactional_prefix=f"{stage.ns.prefix}engine",
+            batch_size=batch_size,
+            idle_exit_s=3.0,
+            namespace=stage.ns,
+        ),
+        registry,
+        Codec(),
+    )
+    processor.run()
+    if processor.first_commit is None or processor.last_commit is None:
+        raise RuntimeError("the engine committed nothing")
+    (first_at, first_count), (last_at, last_count) = processor.first_commit, processor.last_commit
+    rate = (last_count - first_count) / max(last_at - first_at, 1e-6)
+    report(f"engine: {processor.processed} commands, {rate:,.0f}/s with exactly-once")
+    return rate
+
+
+# -- 2. passthrough ---------------------------------------------------------------------------------
+
+
+def passthrough(stage: Stage, batch_size: int, report: Callable[[str], None]) -> float:
+    """consume → produce the same bytes, one transaction per batch per partition, offsets included."""
+    out = stage.ns("passthrough")
+    partitions = stage.partitions()
+    admin = AdminClient({"bootstrap.servers": stage.bootstrap})
+    for future in admin.create_topics([NewTopic(out, partitions, 1)]).values():
+        future.result()
+    total = stage.input_end()
+    group = f"{stage.ns.prefix}passthrough"
+    consumer = Consumer(consumer_config(stage.bootstrap, group, **{"fetch.wait.max.ms": 10}))
+    consumer.assign([TopicPartition(stage.ns(ORDERS_COMMANDS), p, 0) for p in range(partitions)])
+    producers: dict[int, Producer] = {}
+    for p in range(partitions):
+        producers[p] = Producer(
+            producer_config(
+                stage.bootstrap,
+                f"{group}-p{p}",
+                **{"linger.ms": 2, "queue.buffering.max.messages": 1_000_000, "batch.size": 1_000_000},
+            )
+        )
+        producers[p].init_transactions(30)
+    done = 0
+    started = None
+    while done < total:
+        messages = consumer.consume(batch_size, 0.05)
+        if not messages:
+            continue
+        if started is None:
+            started = time.monotonic()
+        by_partition: dict[int, list[Any]] = {}
+        for message in messages:
+            if message.error() is None:
+                by_partition.setdefault(message.partition(), []).append(message)
+        for p, batch in by_partition.items():
+            producer = producers[p]
+            producer.begin_transaction()
+            for message in batch:
+                producer.produce(out, message.value(), message.key())
+            producer.send_offsets_to_transaction(
+                [TopicPartition(stage.ns(ORDERS_COMMANDS), p, batch[-1].offset() + 1)],
+                consumer.consumer_group_metadata(),
+                30,
+            )
+            producer.commit_transaction(30)
+            done += len(batch)
+    elapsed = time.monotonic() - (started or time.monotonic())
+    consumer.close()
+    rate = done / max(elapsed, 1e-6)
+    report(f"passthrough: {done} records, {rate:,.0f}/s with the same transactional settings")
+    return rate
+
+
+# -- 3. latency -------------------------------------------------------------------------------------
+
+
+def engine_process(
+    stage: Stage, instance: str, log_path: str, args: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "EXCHANGE_KAFKA_BOOTSTRAP": stage.bootstrap,
+        "EXCHANGE_TOPIC_PREFIX": stage.ns.prefix,
+        "EXCHANGE_ENGINE_GROUP": f"{stage.ns.prefix}engine",
+        "EXCHANGE_ENGINE_TRANSACTIONAL_PREFIX": f"{stage.ns.prefix}engine",
+    }
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "engine", "run", "--instance", instance, *(args or [])],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+        )
+
+
+def _wait_for_log(path: str, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"engine exited early, see {path}")
+        with open(path, errors="replace") as log:
+            if needle in log.read():
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"engine not ready after {timeout:.0f}s, see {path}")
+
+
+class OutcomeWatcher(threading.Thread):
+    """Reads orders.events (read_committed) and timestamps the first outcome of each command."""
+
+    def __init__(self, stage: Stage) -> None:
+        super().__init__(daemon=True)
+        self.stage = stage
+        self.seen: dict[str, float] = {}
+        self.stop_flag = threading.Event()
+        self.ready = threading.Event()
+        self.codec = Codec()
+
+    def run(self) -> None:
+        consumer = Consumer(
+            consumer_config(
+                self.stage.bootstrap,
+                f"{self.stage.ns.prefix}watch-{uuid.uuid4().hex[:6]}",
+                **{"fetch.wait.max.ms": 5},
+            )
+        )
+        topic = self.stage.ns(ORDERS_EVENTS)
+        # assign, not subscribe: no group join, so the watcher reads from the first event on.
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(self.stage.partitions())])
+        self.ready.set()
+        decode = self.codec.decode
+        while not self.stop_flag.is_set():
+            for message in consumer.consume(1000, 0.05):
+                if message.error() is not None:
+                    continue
+                now = time.monotonic()
+                record = decode(ORDERS_EVENTS, message.value())
+                name = record["body"][0].encode()
+                if name.endswith(OUTCOMES):
+                    self.seen.setdefault(record["command_id"], now)
+        consumer.close()
+
+
+def latency(
+    stage: Stage, rate: float, seconds: float, warmup_s: float, log_dir: str, report: Callable[[str], None]
+) -> dict[str, Any]:
+    proc = engine_process(stage, "bench-latency", f"{log_dir}/bench-latency.log")
+    try:
+        _wait_for_log(f"{log_dir}/bench-latency.log", '"assigned"', proc, 60)
+        watcher = OutcomeWatcher(stage)
+        watcher.start()
+        watcher.ready.wait(30)
+        scheduled: dict[str, float] = {}
+        count = int(rate * seconds)
+        load = produce_flow(
+            make_producer(stage.bootstrap, **{"linger.ms": 1}),
+            Codec(),
+            _flow(stage.settings, 2),
+            count,
+            rate,
+            on_send=scheduled.__setitem__,
+            ns=stage.ns,
+        )
+        deadline = time.monotonic() + 30
+        while len(watcher.seen) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        watcher.stop_flag.set()
+        watcher.join(10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    start = min(scheduled.values()) + warmup_s
+    samples = sorted(
+        (watcher.seen[c] - t) * 1000 for c, t in scheduled.items() if t >= start and c in watcher.seen
+    )
+    missing = sum(1 for c in scheduled if c not in watcher.seen)
+
+    def pct(q: float) -> float:
+        return round(samples[min(len(samples) - 1, int(q * len(samples)))], 2) if samples else float("nan")
+
+    result = {
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "p999": pct(0.999),
+        "max": round(samples[-1], 2) if samples else None,
+        "offered_per_second": rate,
+        "achieved_send_per_second": round(load.rate, 1),
+        "samples": len(samples),
+        "missing": missing,
+    }
+    report(
+        f"latency at {rate:,.0f}/s: p50 {result['p50']} ms, p99 {result['p99']} ms, p99.9 {result['p999']} ms"
+    )
+    return result
+
+
+def run_pipeline(
+    bootstrap: str,
+    settings: Settings,
+    commands: int,
+    batch_size: int,
+    rate: float,
+    seconds: float,
+    log_dir: str,
+    report: Callable[[str], None],
+) -> dict[str, Any]:
+    throughput_stage = Stage.create(bootstrap, settings, "tput")
+    latency_stage = Stage.create(bootstrap, settings, "lat")
+    try:
+        _preload(throughput_stage, commands, 1, report)
+        engine_rate = engine_throughput(throughput_stage, batch_size, report)
+        passthrough_rate = passthrough(throughput_stage, batch_size, report)
+        lat = latency(latency_stage, rate, seconds, min(3.0, seconds / 4), log_dir, report)
+    finally:
+        throughput_stage.drop()
+        latency_stage.drop()
+    return {
+        "commands_per_second": round(engine_rate, 1),
+        "passthrough_per_second": round(passthrough_rate, 1),
+        "ratio": round(engine_rate / passthrough_rate, 3),
+        "commands": commands,
+        "batch_size": batch_size,
+        "latency_ms": lat,
+    }
+
+
+def run_recovery(
+    bootstrap: str, settings: Settings, commands: int, log_dir: str, report: Callable[[str], None]
+) -> dict[str, Any]:
+    stage = Stage.create(bootstrap, settings, "recovery")
+    log = f"{log_dir}/bench-recovery.log"
+    try:
+        _preload(stage, commands, 3, report)
+        total = stage.input_end()
+        proc = engine_process(stage, "bench-recovery", log)
+        _wait_for_log(log, '"assigned"', proc, 120)
+        group = f"{stage.ns.prefix}engine"
+        probe = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_uncommitted"}
+        )
+        tps = [TopicPartition(stage.ns(ORDERS_COMMANDS), p) for p in range(stage.partitions())]
+        started = time.monotonic()
+        while sum(max(tp.offset, 0) for tp in probe.committed(tps, timeout=30)) < total:
+            if proc.poll() is not None:
+                raise RuntimeError(f"engine exited, see {log}")
+            time.sleep(0.5)
+        report(f"engine consumed {total} commands in {time.monotonic() - started:.1f}s; SIGKILL")
+        probe.close()
+        proc.kill()
+        proc.wait(30)
+        watcher = OutcomeWatcher(stage)
+        watcher.start()
+        marker_flow = _flow(settings, 4)
+        t0 = time.monotonic()
+        proc = engine_process(stage, "bench-recovery", log)
+        markers: dict[str, float] = {}
+        produce_flow(
+            make_producer(bootstrap), Codec(), marker_flow, 1, None, on_send=markers.__setitem__, ns=stage.ns
+        )
+        (marker,) = markers
+        while marker not in watcher.seen:
+            if proc.poll() is not None or time.monotonic() - t0 > 300:
+                raise RuntimeError(f"engine did not recover, see {log}")
+            time.sleep(0.01)
+        recovery_s = watcher.seen[marker] - t0
+        watcher.stop_flag.set()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        replayed = _replayed_from_log(log)
+        report(f"recovered and processed the first command {recovery_s:.2f}s after process start")
+    finally:
+        stage.drop()
+    return {
+        "recovery_seconds": round(recovery_s, 3),
+        "commands_before_crash": total,
+        "snapshot_every": settings.engine_snapshot_every,
+        "replayed_commands": replayed,
+    }
+
+
+def _replayed_from_log(path: str) -> int:
+    import json
+
+    replayed = 0
+    with open(path, errors="replace") as log:
+        lines = log.read().splitlines()
+    # Only the last incarnation's recoveries: after the last "engine starting".
+    start = max(i for i, line in enumerate(lines) if '"engine starting"' in line)
+    for line in lines[start:]:
+        if '"partition recovered"' in line:
+            replayed += int(json.loads(line).get("replayed", 0))
+    return replayed
