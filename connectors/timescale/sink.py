@@ -338,33 +338,39 @@ class TimescaleSink:
         self._resume_sequence(conn, {v["market"] for t, _, v in decoded if t == ORDERS_EVENTS}, events=True)
         interval_ms = self.config.book_snapshot_interval_s * 1000
         for logical, message, v in decoded:
-            market = v["market"]
-            if logical == TRADES:
-                if not self._sequence(batch, self.trade_seq, logical, market, v["trade_id"], message):
-                    continue
-                batch.trades.append((market, v["trade_id"], _ts(v["ts"]), v["seq"], v["price"], v["qty"],
-                                     v["maker_order_id"], v["maker_account"], v["taker_order_id"],
-                                     v["taker_account"], v["taker_side"]))
-                batch.trade_src.append(message)
-            elif logical == ORDERS_EVENTS:
-                if not self._sequence(batch, self.event_seq, logical, market, v["seq"], message):
-                    continue
-                name, body = v["body"]
-                batch.events.append((market, v["seq"], _ts(v["ts"]), v["command_id"], name.rsplit(".", 1)[-1],
-                                     body.get("order_id"), body.get("account"), json.dumps(body, default=str)))
-                batch.event_src.append(message)
-            elif logical == MD_CANDLES:
-                key = (market, v["interval"], v["window_start"])
-                previous = batch.candles.get(key)
-                if previous is not None and (previous[11] > v["last_trade_id"] or (previous[12] and not v["final"])):
-                    continue
-                batch.candles[key] = (market, v["interval"], _ts(v["window_start"]), v["open"], v["high"], v["low"],
-                                      v["close"], v["volume"], v["quote_volume"], v["trade_count"],
-                                      v["first_trade_id"], v["last_trade_id"], v["final"])
-                batch.candle_src[key] = message
-            else:
-                self._apply_book(batch, market, v, message, interval_ms)
+            try:
+                self._prepare_one(batch, logical, message, v, interval_ms)
+            except (ValueError, OverflowError, TypeError, KeyError) as error:
+                batch.rejected.append(_Rejected(message, f"invalid:{type(error).__name__}", str(error)))
         return batch
+
+    def _prepare_one(self, batch: _Batch, logical: str, message: Message, v: dict[str, Any], interval_ms: int) -> None:
+        market = v["market"]
+        if logical == TRADES:
+            row: tuple[Any, ...] = (
+                market, v["trade_id"], _ts(v["ts"]), v["seq"], v["price"], v["qty"], v["maker_order_id"],
+                v["maker_account"], v["taker_order_id"], v["taker_account"], v["taker_side"])
+            if self._sequence(batch, self.trade_seq, logical, market, v["trade_id"], message):
+                batch.trades.append(row)
+                batch.trade_src.append(message)
+        elif logical == ORDERS_EVENTS:
+            name, body = v["body"]
+            row = (market, v["seq"], _ts(v["ts"]), v["command_id"], name.rsplit(".", 1)[-1],
+                   body.get("order_id"), body.get("account"), json.dumps(body, default=str))
+            if self._sequence(batch, self.event_seq, logical, market, v["seq"], message):
+                batch.events.append(row)
+                batch.event_src.append(message)
+        elif logical == MD_CANDLES:
+            key = (market, v["interval"], v["window_start"])
+            previous = batch.candles.get(key)
+            if previous is not None and (previous[11] > v["last_trade_id"] or (previous[12] and not v["final"])):
+                return
+            batch.candles[key] = (market, v["interval"], _ts(v["window_start"]), v["open"], v["high"], v["low"],
+                                  v["close"], v["volume"], v["quote_volume"], v["trade_count"],
+                                  v["first_trade_id"], v["last_trade_id"], v["final"])
+            batch.candle_src[key] = message
+        else:
+            self._apply_book(batch, market, v, message, interval_ms)
 
     def _sequence(self, batch: _Batch, tracker: SequenceTracker, logical: str, market: str, value: int,
                   message: Message) -> bool:

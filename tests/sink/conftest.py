@@ -3,8 +3,12 @@ by the analyst, migrated) and helpers to produce trades and read topics."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +24,8 @@ from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.serde.codec import Codec
 from streams.serde.topics import TRADES
 from streams.services.postgres import PostgresCluster
-from streams.settings import load_settings
+from streams.settings import PROJECT_ROOT, load_settings
+from tests.pipeline import XCHG
 from tests.services import Endpoint
 
 
@@ -125,5 +130,66 @@ def read_topic(bootstrap: str, ns: Namespace, logical: str, partitions: int = 4,
     return out
 
 
-__all__ = ["TRADES", "Database", "create_database", "drop_database", "produce", "produce_raw", "random_trades",
-           "read_topic"]
+__all__ = ["TRADES", "Database", "ServiceProcess", "create_database", "drop_database", "produce", "produce_raw",
+           "random_trades", "read_topic", "scalar", "try_scalar"]
+
+
+class ServiceProcess:
+    """One ``xchg sink timescale`` / ``xchg marketdata run`` OS process in a namespace and database."""
+
+    def __init__(self, argv: list[str], bootstrap: str, ns: Namespace, log_path: Path,
+                 db: Database | None = None, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "EXCHANGE_KAFKA_BOOTSTRAP": bootstrap,
+            "EXCHANGE_TOPIC_PREFIX": ns.prefix,
+            **({"EXCHANGE_DATABASE_URL": db.writer} if db is not None else {}),
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([*XCHG, *self.argv], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=PROJECT_ROOT)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> Any:
+    with psycopg.connect(dsn, connect_timeout=3) as conn:
+        row = conn.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+def try_scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> Any:
+    """``scalar``, or None while the database is unreachable."""
+    try:
+        return scalar(dsn, query, params)
+    except psycopg.OperationalError:
+        return None
