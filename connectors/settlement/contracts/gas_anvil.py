@@ -12,7 +12,6 @@ calldata gas. Needs web3 (the project venv) and forge's MockERC20 artifact (`for
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
