@@ -472,19 +472,37 @@ class Engine:
                             remaining = 0
                 else:
                     mopen = maker.open
-                    fill = remaining if remaining < mopen else mopen
                     tid += 1
                     seq += 1
-                    events.append(
-                        _Trade(seq, ts, tid, price, fill, maker.order_id, maker.account, oid, account, side)
-                    )
                     traded_at = price
-                    maker.open = mopen - fill
-                    level.total -= fill
-                    remaining -= fill
-                    if fill == mopen:
-                        seq += 1
-                        events.append(_Filled(seq, ts, maker.order_id, maker.account))
+                    if remaining < mopen:  # the taker is done, the maker stays at the front
+                        events.append(
+                            _Trade(
+                                seq,
+                                ts,
+                                tid,
+                                price,
+                                remaining,
+                                maker.order_id,
+                                maker.account,
+                                oid,
+                                account,
+                                side,
+                            )
+                        )
+                        maker.open = mopen - remaining
+                        level.total -= remaining
+                        remaining = 0
+                        filled = True
+                        break
+                    events.append(
+                        _Trade(seq, ts, tid, price, mopen, maker.order_id, maker.account, oid, account, side)
+                    )
+                    seq += 1
+                    events.append(_Filled(seq, ts, maker.order_id, maker.account))
+                    maker.open = 0
+                    level.total -= mopen
+                    remaining -= mopen
                     filled = remaining == 0
                 if maker.open == 0:
                     queue.popleft()
