@@ -45,7 +45,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 from eth_hash.auto import keccak
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
@@ -202,14 +202,17 @@ class Submitter:
             return 0
         messages = self.consumer.consume(500, 0.05)
         batches = []
+        offsets: dict[int, int] = {}
         for m in messages:
             if m.error() is not None:
                 continue
             batches.append(Batch.from_record(self.codec.decode(BATCHES_TOPIC, m.value())))
+            offsets[m.partition()] = m.offset() + 1
         if not batches:
             return 0
-        added = self.ingest(batches)
-        self.consumer.commit(asynchronous=False)
+        added = self.ingest(batches)  # idempotent: a crash before the commit below re-ingests harmlessly
+        self.consumer.commit(offsets=[TopicPartition(self.ns(BATCHES_TOPIC), p, o) for p, o in offsets.items()],
+                             asynchronous=False)
         return added
 
     # -- transitions -----------------------------------------------------------------------------

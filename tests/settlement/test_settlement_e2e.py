@@ -1,0 +1,71 @@
+"""Trades on Kafka → batcher → settlement.batches → submitter → anvil; balances and reconciliation."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from connectors.settlement.batch_service import BatcherRun, BatchService, read_batches
+from connectors.settlement.batcher import trade_deltas
+from connectors.settlement.reconcile import balances, reconcile
+from connectors.settlement.submitter import FINALIZED
+from streams.runtime.reader import read_range, standalone_consumer, watermarks
+from streams.serde.codec import Codec
+from streams.serde.topics import SETTLEMENT_BATCHES, SETTLEMENT_STATUS
+from tests.settlement.conftest import Stage
+
+
+def _run_batcher(stage: Stage, group: str) -> int:
+    run = BatcherRun(group=group, transactional_id=group, flush_idle_s=0.5, idle_exit_s=1.0)
+    return BatchService(stage.settings, stage.deployment, stage.units, run).run()
+
+
+def _status_states(stage: Stage) -> list[str]:
+    codec = Codec()
+    consumer = standalone_consumer(stage.settings.bootstrap_servers)
+    topic = stage.ns(SETTLEMENT_STATUS)
+    out = []
+    try:
+        for p in range(4):
+            low, high = watermarks(consumer, topic, p)
+            out.extend(codec.decode(SETTLEMENT_STATUS, m.value())["state"] for m in read_range(consumer, topic, p, low, high))
+    finally:
+        consumer.close()
+    return out
+
+
+def test_ten_thousand_trades_settle_in_ten_batches_and_balances_match(stage: Stage) -> None:
+    trades = stage.trades(10_000, accounts=20)
+    stage.produce_trades(trades)
+    before = balances(stage.settings, stage.deployment, sorted({a for t in trades for a in (t.buyer, t.seller)}
+                                                               | {stage.settings.settlement_fee_account}))
+
+    group = f"{stage.ns.prefix}batcher"
+    assert _run_batcher(stage, group) == 10
+    assert _run_batcher(stage, group) == 0  # restart: everything already emitted, nothing twice
+    codec = Codec()
+    batches = read_batches(stage.settings.bootstrap_servers, stage.ns(SETTLEMENT_BATCHES), codec)
+    assert batches == stage.batches(trades)  # the topic holds exactly the pure replay's batches
+    assert [b.trade_count for b in batches] == [1000] * 10
+
+    sub = stage.submitter(kafka=True).acquire()
+    try:
+        stage.drive(sub, lambda: len(sub.rows()) == 10 and sub.settled(), timeout=120)
+        rows = sub.rows()
+    finally:
+        sub.close()
+    assert [r.state for r in rows] == [FINALIZED] * 10
+    assert all(r.gas_used and r.gas_used < 4_000_000 for r in rows)
+
+    expected: dict[tuple[str, str], int] = defaultdict(int)
+    for t in trades:
+        for a, s, v in trade_deltas(t, stage.units[t.market], stage.config()):
+            expected[(a, s)] += v
+    after = balances(stage.settings, stage.deployment, sorted({a for a, _ in before}))
+    for key, value in after.items():
+        assert value - before[key] == expected.get(key, 0), key
+
+    report = reconcile(stage.settings, stage.deployment, stage.units)
+    assert report.ok, report.text()
+    assert report.events == 10 and report.trades_settled == 10_000 and report.final_events == 10
+    states = _status_states(stage)
+    assert states.count("FINALIZED") == 10 and states.count("BUILT") == 10
