@@ -168,13 +168,10 @@ def make_workload(n: int, seed: int) -> list[Command]:
             cmd = _CancelAll(cid, ts, account)
         out.append(cmd)
         for event in scratch.apply(cmd):
-            kind_ = type(event)
-            if kind_ is OrderAccepted:
+            if isinstance(event, OrderAccepted):
                 owner[oid] = (account, event.side)
-            elif (
-                kind_ is OrderFilled
-                or kind_ is OrderCancelled
-                or (kind_ is OrderExpired and not event.remaining)
+            elif isinstance(event, OrderFilled | OrderCancelled) or (
+                isinstance(event, OrderExpired) and not event.remaining
             ):
                 drop(event.order_id)
         if oid in owner and oid not in where and scratch.open_qty(oid) is not None:
