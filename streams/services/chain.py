@@ -67,6 +67,11 @@ class Anvil:
     def up(self, timeout: float = 30.0) -> None:
         if self.process.running():
             return
+        if self.chain_id() is not None:
+            raise ServiceError(
+                f"something not started by xchg already answers on {self.settings.chain_rpc_url}: "
+                "stop it, or set EXCHANGE_ANVIL_PORT (or EXCHANGE_RPC_URL to use it)"
+            )
         ensure_node_modules()
         argv = [
             str(tool_path("anvil")), "--host", "127.0.0.1", "--port", str(self.settings.anvil_port),

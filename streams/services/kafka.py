@@ -153,6 +153,11 @@ class KafkaCluster:
             raise ServiceError(
                 f"a {recorded['brokers']}-broker Kafka cluster is running: run `xchg infra down` first"
             )
+        if not self.running_nodes() and self.describe(timeout=2.0) is not None:
+            raise ServiceError(
+                f"a Kafka broker not started by xchg already answers on {self.bootstrap_servers()}: "
+                "stop it, or set EXCHANGE_KAFKA_PORT (or EXCHANGE_KAFKA_BOOTSTRAP to use it)"
+            )
         self.ensure_jars()
         cluster_dir = self.root / f"cluster-{self.brokers}"
         id_file = cluster_dir / "cluster.id"

@@ -1,0 +1,141 @@
+"""Operator-facing commands against the real services: idempotent infra, topics, clear errors,
+and the kill switch travelling through the log like any order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streams.domain.commands import MarketState, OrderType, Place, Side
+from streams.domain.events import MarketStateChanged, OrderAccepted, OrderRejected, RejectCode
+from streams.markets import MarketRegistry
+from streams.processors.matching import MatchingConfig, MatchingProcessor
+from streams.runtime.clients import make_producer
+from streams.runtime.reader import read_range, standalone_consumer, watermarks
+from streams.runtime.records import command_to_record, event_from_record
+from streams.runtime.topic_admin import load_topic_file
+from streams.serde.codec import Codec
+from streams.serde.topics import ORDERS_COMMANDS, ORDERS_EVENTS
+from streams.settings import PROJECT_ROOT, load_settings
+from tests.pipeline import fresh_namespace
+from tests.services import Endpoint
+
+pytestmark = pytest.mark.integration
+
+
+def xchg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, env={**os.environ, **(env or {})}, timeout=300, check=False)
+
+
+def test_infra_up_twice_and_status(kafka: Endpoint, postgres: Endpoint, chain: Endpoint) -> None:
+    if "local" not in {kafka.mode, postgres.mode, chain.mode}:
+        pytest.skip("services are external or containers: the local launcher is not in use")
+    for _ in range(2):
+        result = xchg("infra", "up")
+        assert result.returncode == 0, result.stderr
+    status = xchg("infra", "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    text = " ".join(status.stdout.split())
+    assert "Kafka 4.1." in text
+    assert "PostgreSQL 15." in text
+    assert "chain id 31337" in text
+
+
+def test_anvil_down_then_up_leaves_a_working_node(chain: Endpoint) -> None:
+    if chain.mode != "local":
+        pytest.skip("anvil is not the local process")
+    from streams.services.chain import Anvil
+
+    anvil = Anvil(load_settings())
+    assert xchg("infra", "down", "anvil").returncode == 0
+    assert anvil.chain_id() is None
+    assert xchg("infra", "up", "anvil").returncode == 0
+    assert anvil.chain_id() == 31337
+
+
+def test_topics_apply_twice_changes_nothing(kafka_bootstrap: str, unique: str) -> None:
+    env = {"EXCHANGE_KAFKA_BOOTSTRAP": kafka_bootstrap, "EXCHANGE_TOPIC_PREFIX": f"ops-{unique}."}
+    count = len(load_topic_file(load_settings().topics_file))
+    first = xchg("topics", "apply", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("created") == count
+    second = xchg("topics", "apply", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "created" not in second.stdout and "altered" not in second.stdout
+    assert f"unchanged {count} topic(s)" in second.stdout
+    plan = xchg("topics", "plan", env=env)
+    assert plan.returncode == 0
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"EXCHANGE_PG_PORT": "not-a-port"}, "EXCHANGE_PG_PORT"),
+    ({"EXCHANGE_KAFKA_HEAP": "lots"}, "EXCHANGE_KAFKA_HEAP"),
+    ({"EXCHANGE_MARKETS_FILE": "/nonexistent/markets.yaml"}, "market file"),
+])
+def test_malformed_configuration_is_one_line(env: dict[str, str], needle: str) -> None:
+    result = xchg("market", "halt", "BTC-USD", env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_java_names_the_fix(tmp_path: Path) -> None:
+    env = {"PATH": str(tmp_path), "EXCHANGE_RUNTIME_DIR": str(tmp_path / "run"), "EXCHANGE_KAFKA_PORT": "29092",
+           "EXCHANGE_KAFKA_CONTROLLER_PORT": "29093"}
+    result = xchg("infra", "up", "kafka", env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not found on PATH" in lines[0] and "install" in lines[0], result.stderr
+
+
+def test_kill_switch_is_ordered_with_orders(kafka_bootstrap: str, unique: str) -> None:
+    ns = fresh_namespace(kafka_bootstrap, f"ks-{unique}")
+    env = {"EXCHANGE_KAFKA_BOOTSTRAP": kafka_bootstrap, "EXCHANGE_TOPIC_PREFIX": ns.prefix}
+    codec = Codec()
+    producer = make_producer(kafka_bootstrap)
+    registry = MarketRegistry.load(load_settings().markets_file)
+    spec = registry.get("BTC-USD").spec()
+
+    def place(order_id: str) -> None:
+        cmd = Place(f"c-{order_id}", 0, order_id, "acct1", Side.BUY, OrderType.LIMIT, 100 * spec.tick, spec.min_qty)
+        producer.produce(ns(ORDERS_COMMANDS), codec.encode(ORDERS_COMMANDS, command_to_record("BTC-USD", cmd)),
+                         b"BTC-USD")
+        assert producer.flush(30) == 0
+
+    place("before-halt")
+    assert xchg("market", "halt", "--all", env=env).returncode == 0
+    place("while-halted")
+    assert xchg("market", "resume", "BTC-USD", env=env).returncode == 0
+    place("after-resume")
+    assert xchg("market", "cancel-all", "BTC-USD", "--account", "acct1", env=env).returncode == 0
+
+    processor = MatchingProcessor(MatchingConfig(
+        bootstrap=kafka_bootstrap, group_id=f"ks-{unique}", instance_id="ks", transactional_prefix=f"ks-{unique}",
+        idle_exit_s=2.0, namespace=ns), registry, codec)
+    processor.run()
+
+    consumer = standalone_consumer(kafka_bootstrap)
+    events = []
+    for partition in range(4):
+        low, high = watermarks(consumer, ns(ORDERS_EVENTS), partition)
+        events += [codec.decode(ORDERS_EVENTS, m.value())
+                   for m in read_range(consumer, ns(ORDERS_EVENTS), partition, low, high)]
+    consumer.close()
+    halted = {e["market"] for e in events
+              if isinstance(event_from_record(e), MarketStateChanged)
+              and event_from_record(e).state is MarketState.HALTED}  # type: ignore[union-attr]
+    assert halted == set(registry.symbols())
+    btc = [event_from_record(e) for e in events if e["market"] == "BTC-USD"]
+    outcome = {e.order_id: e for e in btc if isinstance(e, (OrderAccepted, OrderRejected))}
+    assert isinstance(outcome["before-halt"], OrderAccepted)
+    assert isinstance(outcome["while-halted"], OrderRejected)
+    assert outcome["while-halted"].reason is RejectCode.MARKET_HALTED
+    assert isinstance(outcome["after-resume"], OrderAccepted)
+    cancelled = [e for e in btc if type(e).__name__ == "OrderCancelled"]
+    assert {e.order_id for e in cancelled} == {"before-halt", "after-resume"}  # type: ignore[attr-defined]
