@@ -237,6 +237,17 @@ def fund_accounts(settings: Settings, deployment: Deployment, accounts: list[str
     return len(todo)
 
 
+def finalized_block(w3: Web3) -> int:
+    """Number of the ``finalized`` block; -1 when the node has none (young chain, or anvil right
+    after ``anvil_reorg``, which answers null for the tag until more blocks are mined)."""
+    from web3.exceptions import BlockNotFound
+
+    try:
+        return int(w3.eth.get_block("finalized")["number"])
+    except BlockNotFound:
+        return -1
+
+
 @dataclass(frozen=True)
 class Fees:
     max_fee_per_gas: int

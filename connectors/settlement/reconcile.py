@@ -34,7 +34,7 @@ from connectors.settlement.batcher import (
     trade_deltas,
     trade_leaf,
 )
-from connectors.settlement.chain import Deployment, settlement_contract, web3
+from connectors.settlement.chain import Deployment, finalized_block, settlement_contract, web3
 from connectors.settlement.economics import MarketUnits, account_address, market_id
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.serde.codec import Codec
@@ -134,8 +134,9 @@ def reconcile(settings: Settings, deployment: Deployment, units: dict[str, Marke
     w3 = web3(settings.chain_rpc_url)
     contract = settlement_contract(w3, deployment.settlement)
     tip = w3.eth.block_number
-    finalized = int(w3.eth.get_block("finalized")["number"])
-    events = contract.events.BatchSettled.get_logs(from_block=deployment.deploy_block, to_block=tip)
+    finalized = finalized_block(w3)
+    events = sorted(contract.events.BatchSettled.get_logs(from_block=deployment.deploy_block, to_block=tip),
+                    key=lambda e: (e["blockNumber"], e["logIndex"]))  # (anvil's order can differ after a reorg)
     report.events = len(events)
     settled: list[Batch] = []
     last_by_market: dict[bytes, Batch] = {}

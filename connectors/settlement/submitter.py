@@ -54,6 +54,7 @@ from connectors.settlement.batcher import Batch, Chain, onchain_deltas
 from connectors.settlement.chain import (
     Deployment,
     decode_revert,
+    finalized_block,
     operator_account,
     settlement_contract,
     suggest_fees,
@@ -513,7 +514,7 @@ class Submitter:
             why = "receipt gone" if receipt is None else "block hash changed"
             self._transition(row, REORGED, reason=f"{why} (was block {row.block_number})")
             return True
-        finalized = int(self.w3.eth.get_block("finalized")["number"])
+        finalized = finalized_block(self.w3)
         depth = tip - row.block_number + 1
         if row.block_number <= finalized and depth >= self.settings.settlement_min_depth:
             block = self.w3.eth.get_block(row.block_number)

@@ -74,6 +74,15 @@ class Stage:
             producer.poll(0)
         assert producer.flush(30) == 0
 
+    def produce_batches(self, batches: list[Batch]) -> None:
+        from streams.serde.topics import SETTLEMENT_BATCHES
+
+        codec = Codec()
+        producer = make_producer(self.settings.bootstrap_servers)
+        for b in batches:
+            producer.produce(self.ns(SETTLEMENT_BATCHES), codec.encode(SETTLEMENT_BATCHES, b.record()), b.market.encode())
+        assert producer.flush(30) == 0
+
     def submitter(self, kafka: bool = False) -> Submitter:
         return Submitter(self.settings, self.deployment, kafka=kafka)
 
@@ -85,7 +94,7 @@ class Stage:
         while not done():
             assert time.monotonic() < deadline, f"timed out: {[(r.batch_seq, r.state) for r in sub.rows()]}"
             if not sub.step() and mine:
-                self.mine()
+                self.mine(4)
 
 
 def synthetic_records(trades: list[TradeIn]) -> list[dict[str, Any]]:

@@ -1,0 +1,204 @@
+"""Submitter under faults on a real anvil: reorg, gas spike, replay of a settled batch, a revert."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from eth_hash.auto import keccak
+
+from connectors.settlement.batcher import onchain_deltas
+from connectors.settlement.chain import decode_revert, fund_accounts, operator_account
+from connectors.settlement.economics import market_id
+from connectors.settlement.reconcile import reconcile
+from connectors.settlement.submitter import (
+    FAILED,
+    FINALIZED,
+    INCLUDED,
+    REORGED,
+    REPLACED,
+    SUBMITTED,
+    Submitter,
+    resume_market,
+)
+from tests.settlement.conftest import Stage
+
+MARKET = "BTC-USD"
+
+
+def settled_events(stage: Stage) -> list[bytes]:
+    from connectors.settlement.chain import settlement_contract
+
+    contract = settlement_contract(stage.w3, stage.deployment.settlement)
+    logs = contract.events.BatchSettled.get_logs(from_block=stage.deployment.deploy_block)
+    return [bytes(e["args"]["batchHash"]) for e in sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"]))]
+
+
+def transitions(sub: Submitter, batch_seq: int) -> list[str]:
+    return [r[0] for r in sub.db.execute(
+        "select state from settlement_transitions where deployment = %s and batch_seq = %s order by id",
+        (sub.key, batch_seq)).fetchall()]
+
+
+def last_settled(stage: Stage) -> int:
+    from connectors.settlement.chain import settlement_contract
+
+    return int(settlement_contract(stage.w3, stage.deployment.settlement).functions.lastSettledSeq(
+        market_id(MARKET)).call())
+
+
+@pytest.fixture
+def submitter(stage: Stage) -> Iterator[Submitter]:
+    sub = stage.submitter().acquire()
+    yield sub
+    sub.close()
+
+
+def test_reorg_removes_an_included_batch_which_is_resubmitted_and_settled_once(stage: Stage,
+                                                                               submitter: Submitter) -> None:
+    trades = stage.trades(2000)
+    batches = stage.batches(trades)
+    stage.produce_trades(trades)
+    stage.produce_batches(batches)  # for the reconciliation; the submitter gets them directly
+    submitter.ingest(batches[:1])
+    stage.drive(submitter, lambda: submitter.rows()[0].state == INCLUDED, mine=False)
+    row = submitter.rows()[0]
+    assert row.block_number is not None
+    stage.mine(2)  # the batch is a few blocks deep when the chain reorganises
+    depth = stage.w3.eth.block_number - row.block_number + 1
+    stage.rpc("anvil_reorg", [depth, []])
+    assert submitter._receipt(row.tx_hash) is None
+    assert last_settled(stage) == 0
+    stage.drive(submitter, lambda: submitter.settled())
+    assert REORGED in transitions(submitter, 1)
+    assert transitions(submitter, 1)[-3:] == [SUBMITTED, INCLUDED, FINALIZED]
+    assert submitter.counters["reorgs"] == 1 and submitter.counters["resent"] == 1
+    submitter.ingest(batches[1:])  # the next batch chains onto the resubmitted one
+    stage.drive(submitter, lambda: submitter.settled())
+    assert [r.state for r in submitter.rows()] == [FINALIZED, FINALIZED]
+    assert settled_events(stage) == [b.batch_hash for b in batches]  # each batch exactly once
+    assert last_settled(stage) == 2000
+    report = reconcile(stage.settings, stage.deployment, stage.units)
+    assert report.ok, report.text()
+    assert report.events == 2 and report.trades_settled == 2000
+
+
+def test_gas_spike_replaces_the_pending_transaction_with_higher_fees(stage: Stage) -> None:
+    settings = stage.settings.model_copy(update={"settlement_replace_after_blocks": 1})
+    sub = Submitter(settings, stage.deployment, kafka=False).acquire()
+    base_before = int(stage.w3.eth.get_block("latest")["baseFeePerGas"])
+    batches = stage.batches(stage.trades(1000))
+    sub.ingest(batches)
+    stage.rpc("evm_setAutomine", [False])
+    try:
+        stage.drive(sub, lambda: sub.rows()[0].state == SUBMITTED, mine=False)
+        first = sub.rows()[0]
+        assert first.max_fee_per_gas is not None
+        spike = 50 * 10**9
+        assert first.max_fee_per_gas < spike
+        stage.rpc("anvil_setNextBlockBaseFeePerGas", [hex(spike)])
+        stage.mine()
+        assert sub._receipt(first.tx_hash) is None  # priced out of the spiked block
+        stage.drive(sub, lambda: sub.rows()[0].state == REPLACED, mine=False)
+        replaced = sub.rows()[0]
+        assert replaced.bumps >= 1 and replaced.max_fee_per_gas is not None
+        assert replaced.max_fee_per_gas >= first.max_fee_per_gas * 9 // 8
+        stage.drive(sub, lambda: sub.rows()[0].state == INCLUDED)
+        receipt = stage.w3.eth.get_transaction_receipt(sub.rows()[0].tx_hash)
+        assert receipt["effectiveGasPrice"] > first.max_fee_per_gas
+    finally:
+        stage.rpc("evm_setAutomine", [True])
+        stage.rpc("anvil_setNextBlockBaseFeePerGas", [hex(base_before)])
+        stage.mine()
+    stage.drive(sub, lambda: sub.settled())
+    bumps = sub.rows()[0].bumps
+    print(f"gas spike: {bumps} fee bump(s), counters {sub.counters}")
+    assert bumps == sub.counters["bumps"] >= 1
+    assert settled_events(stage) == [batches[0].batch_hash]
+    sub.close()
+
+
+def test_fee_cap_reached_is_an_alert(stage: Stage) -> None:
+    settings = stage.settings.model_copy(update={"settlement_replace_after_blocks": 1,
+                                                 "settlement_max_fee_wei": 3 * 10**9})
+    sub = Submitter(settings, stage.deployment, kafka=False).acquire()
+    base_before = int(stage.w3.eth.get_block("latest")["baseFeePerGas"])
+    sub.ingest(stage.batches(stage.trades(1000)))
+    stage.rpc("evm_setAutomine", [False])
+    try:
+        stage.drive(sub, lambda: sub.rows()[0].state == SUBMITTED, mine=False)
+        stage.rpc("anvil_setNextBlockBaseFeePerGas", [hex(50 * 10**9)])
+        stage.mine()
+        stage.drive(sub, lambda: sub.rows()[0].state == "ALERT", mine=False)
+        assert "cap" in (sub.db.execute("select reason from settlement_batches where deployment = %s",
+                                        (sub.key,)).fetchone() or [""])[0]
+    finally:
+        stage.rpc("evm_setAutomine", [True])
+        stage.rpc("anvil_setNextBlockBaseFeePerGas", [hex(base_before)])
+        stage.mine()
+        sub.close()
+
+
+def test_replaying_a_settled_batch_reverts_on_chain_and_counts_as_success_after_check(stage: Stage,
+                                                                                     submitter: Submitter) -> None:
+    batches = stage.batches(stage.trades(1000))
+    submitter.ingest(batches)
+    stage.drive(submitter, lambda: submitter.settled())
+    b = batches[0]
+    contract = submitter.contract
+    args = [market_id(MARKET), b.first_trade_id, b.last_trade_id, b.prev_batch_hash, b.merkle_root,
+            onchain_deltas(b.deltas, stage.chain())]
+    # The raw replay is refused on chain with the custom error BatchAlreadySettled...
+    operator = operator_account(stage.settings)
+    tx = {"chainId": stage.deployment.chain_id, "to": contract.address, "value": 0, "gas": 3_000_000,
+          "nonce": stage.w3.eth.get_transaction_count(operator.address), "type": 2,
+          "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9, "data": contract.encode_abi("settleBatch", args)}
+    receipt = stage.w3.eth.wait_for_transaction_receipt(
+        stage.w3.eth.send_raw_transaction(operator.sign_transaction(tx).raw_transaction))
+    assert receipt["status"] == 0
+    with pytest.raises(Exception) as refused:
+        contract.functions.settleBatch(*args).call({"from": operator.address})
+    decoded = decode_revert(getattr(refused.value, "data", refused.value.args))
+    assert decoded is not None and decoded[0] == "BatchAlreadySettled"
+    # ...and a submitter that lost its state (fresh rows) treats the same batch as settled after checking.
+    submitter.db.execute("delete from settlement_batches where deployment = %s", (submitter.key,))
+    submitter.db.execute("delete from settlement_txs where deployment = %s", (submitter.key,))
+    submitter.ingest(batches)
+    stage.drive(submitter, lambda: submitter.settled())
+    reason = submitter.db.execute("select reason from settlement_transitions t join settlement_batches b using"
+                                  " (deployment, market, batch_seq) where deployment = %s and t.state = 'INCLUDED'"
+                                  " order by t.id desc limit 1", (submitter.key,)).fetchone()
+    assert submitter.counters["already_settled"] == 1
+    assert submitter.rows()[0].state == FINALIZED and submitter.rows()[0].tx_hash == bytes(
+        settled_events_tx(stage)[0])
+    assert reason is not None
+    assert settled_events(stage) == [b.batch_hash]  # settled once, replay changed nothing
+    assert last_settled(stage) == 1000
+    assert keccak(b"BatchAlreadySettled(bytes32,uint64,uint64)")[:4] in {keccak(s)[:4] for s in [
+        b"BatchAlreadySettled(bytes32,uint64,uint64)"]}
+
+
+def settled_events_tx(stage: Stage) -> list[bytes]:
+    from connectors.settlement.chain import settlement_contract
+
+    contract = settlement_contract(stage.w3, stage.deployment.settlement)
+    return [bytes(e["transactionHash"]) for e in
+            contract.events.BatchSettled.get_logs(from_block=stage.deployment.deploy_block)]
+
+
+def test_revert_fails_the_batch_halts_the_market_until_resumed(stage: Stage, submitter: Submitter) -> None:
+    trades = stage.trades(1000, fund=False)  # nobody deposited: the deltas overdraw
+    batches = stage.batches(trades)
+    submitter.ingest(batches)
+    stage.drive(submitter, lambda: submitter.rows()[0].state == FAILED, mine=False)
+    assert submitter.halted() == {MARKET}
+    assert not submitter.step()  # halted: nothing is sent
+    reason = submitter.db.execute("select reason from settlement_halts where deployment = %s",
+                                  (submitter.key,)).fetchone()
+    assert reason is not None and "InsufficientBalance" in reason[0]
+    u = stage.units[MARKET]
+    fund_accounts(stage.settings, stage.deployment, sorted({a for t in trades for a in (t.buyer, t.seller)}),
+                  stage.assets, symbols=(u.base, u.quote))
+    assert resume_market(stage.settings, stage.deployment, MARKET) == 1
+    stage.drive(submitter, lambda: submitter.settled())
+    assert settled_events(stage) == [batches[0].batch_hash]
