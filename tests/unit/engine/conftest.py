@@ -1,6 +1,6 @@
 """Engine test settings: Hypothesis profiles sized so the engine suite stays well under 90 s.
 
-``HYPOTHESIS_PROFILE=engine-thorough`` runs many more examples (for a soak, not for CI).
+``ENGINE_HYPOTHESIS_PROFILE=engine-thorough`` runs many more examples (a soak, not for CI).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ settings.register_profile(
     max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=False,
 )
 settings.register_profile(
     "engine-thorough",
@@ -22,4 +21,4 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-ENGINE_SETTINGS = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "engine"))
+ENGINE_SETTINGS = settings.get_profile(os.environ.get("ENGINE_HYPOTHESIS_PROFILE", "engine"))
