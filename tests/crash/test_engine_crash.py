@@ -86,10 +86,11 @@ def drain(stage: Stage, *engines: EngineProcess) -> None:
 
 
 def _progress(stage: Stage, before: int, process: EngineProcess) -> int:
-    """The committed total once it passed ``before`` (0 = not yet); fails if the engine died."""
+    """The committed total once it passed ``before`` or reached the end of the input (0 = not
+    yet); fails if the engine died."""
     assert process.alive(), f"engine exited: see {process.log_path}"
     total = committed(stage)
-    return total if total > before else 0
+    return total if total > before or total >= input_total(stage.bootstrap, stage.ns) else 0
 
 
 def _members(stage: Stage) -> int:
@@ -99,7 +100,7 @@ def _members(stage: Stage) -> int:
 
 def test_sigkill_at_random_moments(stage: Stage, codec: Codec, log_dir: Path, unique: str) -> None:
     rng = random.Random(unique)
-    load = Load(stage, count=40_000, rate=2000, seed=11).start()
+    load = Load(stage, count=60_000, rate=2000, seed=11).start()
     process = engine(stage, "crash-1", log_dir)
     done = 0
     for _ in range(20):
