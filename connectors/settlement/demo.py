@@ -36,10 +36,10 @@ def mine(settings: Settings, blocks: int = 1) -> None:
 
 
 def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
-    from connectors.settlement.batch_service import BatcherRun, BatchService
+    from connectors.settlement.batch_service import BatcherRun, BatchService, read_batches
     from connectors.settlement.reconcile import read_trades, reconcile
     from connectors.settlement.submitter import FINALIZED, Submitter, ensure_schema
-    from streams.serde.topics import TRADES
+    from streams.serde.topics import SETTLEMENT_BATCHES, TRADES
 
     assets = load_assets(settings.settlement_assets_file)
     units = check_markets(MarketRegistry.load(settings.markets_file), assets)
@@ -57,6 +57,9 @@ def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
 
     submitter = Submitter(settings, deployment).acquire()
     try:
+        # Everything the batcher emitted, read back now (the submitter's group consumer may still be
+        # joining; ingestion is idempotent, so it re-reading the same batches later is harmless).
+        submitter.ingest(read_batches(settings.bootstrap_servers, settings.namespace(SETTLEMENT_BATCHES), _codec()))
         deadline = time.monotonic() + timeout_s
         while True:
             progressed = submitter.step()
