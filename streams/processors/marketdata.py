@@ -50,6 +50,8 @@ class MarketDataConfig:
     partitions: int = 4
     idle_exit_s: float | None = None
     commit_interval_s: float = 0.5
+    session_timeout_s: float = 10.0
+    instance_id: str = "marketdata-1"  # static group membership: a restarted worker gets its partitions back at once
     schema_registry_url: str | None = None
 
     @property
@@ -79,6 +81,9 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
         topic_partitions=config.partitions,
         topic_replication_factor=1,
         broker_commit_interval=config.commit_interval_s,
+        broker_session_timeout=config.session_timeout_s,
+        broker_heartbeat_interval=1.0,
+        consumer_group_instance_id=config.instance_id,
         stream_recovery_delay=0.0,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
@@ -131,6 +136,16 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
 
         @app.timer(interval=0.5)
         async def idle_check() -> None:
+            # The idle clock runs only while every assigned trades partition is fetched to its end.
+            ready = not app.rebalancing and app.tables.recovery.completed.is_set()
+            tps = [tp for tp in app.consumer.assignment() if tp.topic == trades.get_topic_name()] if ready else []
+            for tp in tps:
+                high, position = app.consumer.highwater(tp), await app.consumer.position(tp)
+                if high is None or position is None or position < high:
+                    ready = False
+            if not ready or not tps:
+                stats.last_event = time.monotonic()
+                return
             if time.monotonic() - stats.last_event > idle:
                 log.info("idle, stopping", trades=stats.trades, skipped=stats.skipped, published=stats.published)
                 os.kill(os.getpid(), signal.SIGTERM)
