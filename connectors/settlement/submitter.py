@@ -232,10 +232,14 @@ class Submitter:
             (self.key, market, batch_seq, state, self.codec.encode(SETTLEMENT_STATUS, record)))
         SETTLEMENT_BATCHES.labels(market, state).inc()
 
-    def _transition(self, row: Row, state: str, **fields: Any) -> None:
+    def _transition(self, row: Row, state: str, before: Any = None, **fields: Any) -> None:
+        """Store the new state and its transition row in one transaction, after the fencing check;
+        ``before()`` runs inside that transaction (write-ahead records that must not outlive a fence)."""
         columns = {"state": state, **fields}
         with self.db.transaction(), self.db.cursor() as cur:
             self._check_epoch(cur)
+            if before is not None:
+                before()
             sets = ", ".join(f"{k} = %s" for k in columns)
             cur.execute(f"update settlement_batches set {sets}, updated_at = now()"
                         " where deployment = %s and market = %s and batch_seq = %s",
@@ -375,13 +379,15 @@ class Submitter:
         nonce = int(self.w3.eth.get_transaction_count(self.operator.address, "pending"))
         fees = self._fees()
         tx_hash, raw = self._sign(batch, nonce, fees, gas)
-        with self.db.transaction():
+
+        def write_ahead() -> None:
             self.db.execute("update settlement_senders set next_nonce = %s, updated_at = now() where address = %s",
                             (nonce + 1, self.operator.address))
             self._store_tx(row, tx_hash, raw, nonce, fees, gas)
+
         if row.state == REORGED:
             self.counters["resent"] += 1
-        self._transition(row, SUBMITTED, nonce=nonce, tx_hash=tx_hash, sent_block=tip,
+        self._transition(row, SUBMITTED, before=write_ahead, nonce=nonce, tx_hash=tx_hash, sent_block=tip,
                          max_fee_per_gas=fees.max_fee_per_gas, priority_fee=fees.priority_fee,
                          block_number=None, block_hash=None, gas_used=None, reason=None)
         crash_point("settle-before-send")
@@ -426,10 +432,11 @@ class Submitter:
         return True
 
     def _fail(self, row: Row, reason: str) -> None:
-        with self.db.transaction():
+        def halt() -> None:
             self.db.execute("insert into settlement_halts (deployment, market, batch_seq, reason) values (%s, %s, %s, %s)"
                             " on conflict (deployment, market) do nothing", (self.key, row.market, row.batch_seq, reason))
-        self._transition(row, FAILED, reason=reason)
+
+        self._transition(row, FAILED, before=halt, reason=reason)
         log.error("settlement halted", market=row.market, batch_seq=row.batch_seq, reason=reason)
 
     # -- watching --------------------------------------------------------------------------------
@@ -497,10 +504,10 @@ class Submitter:
         gas = min(estimate * 3 // 2, self.block_gas_limit) if estimate else int(gas_row[0]) if gas_row else 0
         fees = type(fresh)(max_fee, min(tip_fee, max_fee))
         tx_hash, raw = self._sign(batch, row.nonce, fees, gas)
-        with self.db.transaction():
-            self._store_tx(row, tx_hash, raw, row.nonce, fees, gas)
+        nonce = row.nonce
         self.counters["bumps"] += 1
-        self._transition(row, REPLACED, tx_hash=tx_hash, sent_block=tip, max_fee_per_gas=max_fee,
+        self._transition(row, REPLACED, before=lambda: self._store_tx(row, tx_hash, raw, nonce, fees, gas),
+                         tx_hash=tx_hash, sent_block=tip, max_fee_per_gas=max_fee,
                          priority_fee=fees.priority_fee, bumps=row.bumps + 1,
                          reason=f"not included after {tip - (row.sent_block or tip)} blocks: fee bump")
         self._broadcast(raw)

@@ -202,3 +202,27 @@ def test_revert_fails_the_batch_halts_the_market_until_resumed(stage: Stage, sub
     assert resume_market(stage.settings, stage.deployment, MARKET) == 1
     stage.drive(submitter, lambda: submitter.settled())
     assert settled_events(stage) == [batches[0].batch_hash]
+
+
+def test_one_sender_per_key_and_a_fenced_zombie_cannot_write(stage: Stage, submitter: Submitter) -> None:
+    from connectors.settlement.errors import SettlementError
+    from connectors.settlement.submitter import Fenced
+
+    submitter.ingest(stage.batches(stage.trades(1000, fund=False)))
+    second = stage.submitter()
+    with pytest.raises(SettlementError, match="another submitter holds"):
+        second.acquire()
+    second.close()
+    # The first one loses its lock (e.g. its session died) while still running: a new holder takes
+    # over with a higher epoch, and every write of the old one is refused.
+    assert submitter.lock_db is not None
+    submitter.lock_db.close()
+    submitter.lock_db = None
+    third = stage.submitter().acquire()
+    assert third.epoch == submitter.epoch + 1
+    with pytest.raises(Fenced):
+        submitter.step()
+    assert submitter.rows()[0].state == "BUILT" and not submitter.halted()
+    assert submitter.db.execute("select count(*) from settlement_txs where deployment = %s",
+                                (submitter.key,)).fetchone() == (0,)
+    third.close()
