@@ -69,3 +69,16 @@ def test_ten_thousand_trades_settle_in_ten_batches_and_balances_match(stage: Sta
     assert report.events == 10 and report.trades_settled == 10_000 and report.final_events == 10
     states = _status_states(stage)
     assert states.count("FINALIZED") == 10 and states.count("BUILT") == 10
+
+
+def test_batcher_restart_with_an_open_batch_reforms_the_uninterrupted_batches(stage: Stage) -> None:
+    trades = stage.trades(3000, fund=False)
+    group = f"{stage.ns.prefix}batcher"
+    stage.produce_trades(trades[:1500])
+    run = BatcherRun(group=group, transactional_id=group, flush_idle_s=None, idle_exit_s=1.0)
+    assert BatchService(stage.settings, stage.deployment, stage.units, run).run() == 1  # 1..1000; 1001..1500 open
+    stage.produce_trades(trades[1500:])
+    assert _run_batcher(stage, group) == 2  # restart: re-reads the open batch from its first trade
+    batches = read_batches(stage.settings.bootstrap_servers, stage.ns(SETTLEMENT_BATCHES), Codec())
+    assert batches == stage.batches(trades)
+    assert [(b.first_trade_id, b.last_trade_id) for b in batches] == [(1, 1000), (1001, 2000), (2001, 3000)]
