@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -91,6 +91,7 @@ class SinkConfig:
     statement_timeout_ms: int = 10_000
     retry_wait_max_s: float = 2.0
     schema_registry_url: str | None = None
+    skip_before_ms: int | None = None  # rebuild --since: records with an earlier event time are ignored
 
 
 @dataclass
@@ -346,6 +347,9 @@ class TimescaleSink:
 
     def _prepare_one(self, batch: _Batch, logical: str, message: Message, v: dict[str, Any], interval_ms: int) -> None:
         market = v["market"]
+        skip = self.config.skip_before_ms
+        if skip is not None and (v["window_start"] if logical == MD_CANDLES else v["ts"]) < skip:
+            return
         if logical == TRADES:
             row: tuple[Any, ...] = (
                 market, v["trade_id"], _ts(v["ts"]), v["seq"], v["price"], v["qty"], v["maker_order_id"],
@@ -611,13 +615,17 @@ class TimescaleSink:
             self.position[(t, p)] = o
         return len(messages)
 
-    def run(self) -> SinkStats:
+    def run(self, on_batch: Callable[[int], Any] | None = None) -> SinkStats:
+        """Consume and write until a stop condition of the config (or forever); ``on_batch`` gets
+        the number of records of each written batch."""
         self.start()
         started = last_input = time.monotonic()
         last_report = started
         try:
             while True:
                 n = self.step()
+                if n and on_batch is not None:
+                    on_batch(n)
                 now = time.monotonic()
                 if n:
                     last_input = now
