@@ -27,3 +27,15 @@ def migrate() -> None:
     for migration in applied:
         console.print(f"[green]applied[/green] {migration.path.name}")
     console.print(f"storage mode: {mode}; {len(applied)} migration(s) applied now")
+
+
+@app.command()
+@guarded
+def rebuild(
+    since: str | None = typer.Option(None, help="rebuild from this time on (ISO 8601, UTC if no zone); default: all"),
+    yes: bool = typer.Option(False, "--yes", help="do not ask before deleting rows"),
+) -> None:
+    """Rebuild the analytics tables from the topics (progress bar), then verify them against the topic."""
+    from connectors.timescale.rebuild import run_cli
+
+    run_cli(load_settings(), since, yes, console)
