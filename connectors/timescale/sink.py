@@ -41,6 +41,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -125,6 +126,7 @@ class _Batch:
     candle_src: dict[tuple[str, str, int], Message] = field(default_factory=dict)
     snapshots: list[tuple[Any, ...]] = field(default_factory=list)
     books: set[str] = field(default_factory=set)
+    book_rows: list[tuple[Any, ...]] = field(default_factory=list)
     anomalies: list[tuple[Any, ...]] = field(default_factory=list)
     rejected: list[_Rejected] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # physical topic, partition → next
@@ -162,7 +164,10 @@ class TimescaleSink:
         self.log = get_logger("sink").bind(sink=config.name)
         self.stats = SinkStats()
         self.ns = config.namespace
-        self.conn: psycopg.Connection[Any] | None = None
+        self.conns: dict[str, psycopg.Connection[Any]] = {}  # "read" (main thread), "write" (writer thread)
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
+        self.pending: tuple[Future[dict[str, int]], _Batch, int] | None = None
+        self.logical: dict[str, str] = {}
         self.trade_seq = SequenceTracker()
         self.event_seq = SequenceTracker()
         self.known_trade_markets: set[str] = set()
@@ -179,19 +184,23 @@ class TimescaleSink:
         SINK_CIRCUIT.set(CIRCUIT_CLOSED)
 
     # -- database -------------------------------------------------------------------------------
-    def _connect(self) -> psycopg.Connection[Any]:
-        if self.conn is not None and not self.conn.closed and not self.conn.broken:
-            return self.conn
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+    def _connect(self, slot: str) -> psycopg.Connection[Any]:
+        conn = self.conns.get(slot)
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self._disconnect(slot)
         conn = psycopg.connect(
             self.config.dsn, autocommit=True, connect_timeout=3, keepalives=1, keepalives_idle=5, keepalives_interval=2,
             keepalives_count=2, options=f"-c statement_timeout={self.config.statement_timeout_ms}")
-        self.conn = conn
+        self.conns[slot] = conn
         return conn
 
-    def _with_db(self, what: str, action: Any) -> Any:
+    def _disconnect(self, slot: str) -> None:
+        conn = self.conns.pop(slot, None)
+        if conn is not None:
+            conn.close()
+
+    def _with_db(self, what: str, action: Any, slot: str = "read") -> Any:
         """Run ``action(conn)`` with retries on connection failures; tracks the circuit state."""
         for attempt in stamina.retry_context(on=TRANSIENT, attempts=None, timeout=None, wait_initial=0.1,
                                              wait_max=self.config.retry_wait_max_s, wait_jitter=0.1):
@@ -199,12 +208,10 @@ class TimescaleSink:
                 if attempt.num > 1:
                     self._set_circuit(CIRCUIT_HALF_OPEN, what)
                 try:
-                    result = action(self._connect())
+                    result = action(self._connect(slot))
                 except TRANSIENT as error:
                     self.stats.db_failures += 1
-                    if self.conn is not None:
-                        self.conn.close()
-                        self.conn = None
+                    self._disconnect(slot)
                     self._set_circuit(CIRCUIT_OPEN, what, str(error).strip().splitlines()[0] if str(error) else "")
                     raise
         self._set_circuit(CIRCUIT_CLOSED, what)
@@ -302,6 +309,7 @@ class TimescaleSink:
     def caught_up(self) -> bool:
         """Whether every assigned partition is consumed (and written) up to its end."""
         assert self.consumer is not None
+        self._drain()
         positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(self.partitions)}
         for tp in self.partitions:
             key = (tp.topic, tp.partition)
@@ -328,7 +336,9 @@ class TimescaleSink:
             batch.records += 1
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             batch.offsets[(topic, partition)] = offset + 1
-            logical = self.ns.logical(topic)
+            logical = self.logical.get(topic)
+            if logical is None:
+                logical = self.logical[topic] = self.ns.logical(topic)
             try:
                 value = self.codec.decode(logical, message.value())
             except DecodeError as error:
@@ -343,6 +353,9 @@ class TimescaleSink:
                 self._prepare_one(batch, logical, message, v, interval_ms)
             except (ValueError, OverflowError, TypeError, KeyError) as error:
                 batch.rejected.append(_Rejected(message, f"invalid:{type(error).__name__}", str(error)))
+        # The books as of the end of this batch (the next batch may change them before this one commits).
+        batch.book_rows = [(self.config.name, m, self.books[m].seq, self.books[m].bucket, *self.books[m].state())
+                           for m in sorted(batch.books)]
         return batch
 
     def _prepare_one(self, batch: _Batch, logical: str, message: Message, v: dict[str, Any], interval_ms: int) -> None:
@@ -520,15 +533,13 @@ class TimescaleSink:
                 written["book_snapshots"] = self._insert_via_stage(
                     conn, "book_snapshots", SNAPSHOT_COLUMNS, SNAPSHOT_TYPES, batch.snapshots,
                     "on conflict do nothing")
-            if batch.books:
+            if batch.book_rows:
                 with conn.cursor() as cur:
                     cur.executemany(
                         "insert into sink_book_state (consumer, market, book_seq, last_snapshot_bucket, bids, asks)"
                         " values (%s, %s, %s, %s, %s, %s) on conflict (consumer, market) do update set"
                         " book_seq = excluded.book_seq, last_snapshot_bucket = excluded.last_snapshot_bucket,"
-                        " bids = excluded.bids, asks = excluded.asks",
-                        [(self.config.name, m, self.books[m].seq, self.books[m].bucket, *self.books[m].state())
-                         for m in sorted(batch.books)])
+                        " bids = excluded.bids, asks = excluded.asks", batch.book_rows)
             if batch.anomalies:
                 with conn.cursor() as cur:
                     cur.executemany(
@@ -591,29 +602,38 @@ class TimescaleSink:
                 break
         if not messages:
             return 0
-        prepared: list[_Batch] = []
+        # Preparing decodes and checks sequences (reading the stored maximum sequence numbers of
+        # markets seen for the first time); it overlaps with the writer thread's previous batch.
+        batch = self._with_db("prepare", lambda conn: self._prepare(messages, conn))
+        self._drain()  # batches commit one after the other, in consumption order
+        self.pending = (self.writer.submit(self._write_retrying, batch), batch, len(messages))
+        return len(messages)
+
+    def _write_retrying(self, batch: _Batch) -> dict[str, int]:
         attempts = [0]
 
         def write(conn: psycopg.Connection[Any]) -> dict[str, int]:
             attempts[0] += 1
-            if not prepared:
-                prepared.append(self._prepare(messages, conn))
-                return self._write_batch(conn, prepared[0], retry=attempts[0] > 1)
-            return self._write_batch(conn, prepared[0], retry=True)
+            return self._write_batch(conn, batch, retry=attempts[0] > 1)
 
-        # Preparing reads the stored maximum sequence numbers, so it runs inside the retried action;
-        # a retry reuses the rows prepared (the trackers already advanced).
-        written = self._with_db("write_batch", write)
+        return self._with_db("write_batch", write, slot="write")  # type: ignore[no-any-return]
+
+    def _drain(self) -> None:
+        """Wait for the batch being written; account for it (raises what the writer raised)."""
+        if self.pending is None:
+            return
+        future, batch, count = self.pending
+        self.pending = None
+        written = future.result()
         for table, n in written.items():
             if table != "dead_letters":
                 SINK_ROWS.labels(table).inc(n)
             self.stats.rows[table] += n
         self.stats.dead_letters += written.get("dead_letters", 0)
         self.stats.batches += 1
-        self.stats.records += len(messages)
-        for (t, p), o in prepared[0].offsets.items():
+        self.stats.records += count
+        for (t, p), o in batch.offsets.items():
             self.position[(t, p)] = o
-        return len(messages)
 
     def run(self, on_batch: Callable[[int], Any] | None = None) -> SinkStats:
         """Consume and write until a stop condition of the config (or forever); ``on_batch`` gets
@@ -645,6 +665,14 @@ class TimescaleSink:
         return self.stats
 
     def close(self) -> None:
+        try:
+            if self.pending is not None:
+                self._drain()
+        finally:
+            self.writer.shutdown(wait=True)
+            self._close_clients()
+
+    def _close_clients(self) -> None:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -653,9 +681,8 @@ class TimescaleSink:
             self.probe = None
         if self.dlq is not None:
             self.dlq.flush(10)
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        for slot in list(self.conns):
+            self._disconnect(slot)
 
 
 def market_rows(path: Any) -> list[tuple[str, str, str, int, int, str, str]]:
