@@ -80,7 +80,7 @@ def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> tuple[str, list[Migra
                     continue
                 try:
                     with conn.transaction():
-                        conn.execute(migration.path.read_text())  # type: ignore[call-overload]
+                        conn.execute(migration.path.read_text())  # type: ignore[call-overload,unused-ignore]
                         conn.execute(
                             "insert into schema_migrations (version, name, checksum, mode) values (%s, %s, %s, %s)",
                             (migration.version, migration.name, migration.checksum, mode),

@@ -233,9 +233,9 @@ class MatchingProcessor:
             self.consumer.close()
 
     def _run_batches(self, batches: dict[int, list[Message]]) -> None:
-        """Stage one transaction per partition (CPU work, in turn), then commit them together:
-        each commit waits on broker round trips with the GIL released, so committing in parallel
-        keeps the partitions from queueing behind each other's commits."""
+        """Stage one transaction per partition (CPU work, in turn), then add the offsets and commit
+        them together: those wait on broker round trips with the GIL released, so doing them in
+        parallel keeps the partitions from queueing behind each other's round trips."""
         staged: list[tuple[int, _Owned, int | None]] = []
         for partition, batch in batches.items():
             owned = self.owned[partition]
@@ -243,10 +243,13 @@ class MatchingProcessor:
                 staged.append((partition, owned, self._stage(partition, owned, batch)))
             except KafkaException as exc:
                 self._fail(partition, owned, exc)
-        if len(staged) == 1:
-            outcomes = [self._try_commit(staged[0][1])]
+        group = self.consumer.consumer_group_metadata()
+        jobs = [(owned, TopicPartition(self.input_topic, partition, owned.state.next_offset), group)
+                for partition, owned, _ in staged]
+        if len(jobs) == 1:
+            outcomes = [self._try_commit(*jobs[0])]
         else:
-            outcomes = list(self._committers.map(lambda item: self._try_commit(item[1]), staged))
+            outcomes = list(self._committers.map(lambda job: self._try_commit(*job), jobs))
         for (partition, owned, oldest_ts), error in zip(staged, outcomes, strict=True):
             if error is not None:
                 self._fail(partition, owned, error)
@@ -259,9 +262,11 @@ class MatchingProcessor:
                 self.first_commit = self.last_commit
             crash_point("after-commit")
 
-    def _try_commit(self, owned: _Owned) -> KafkaException | None:
+    def _try_commit(self, owned: _Owned, offsets: TopicPartition, group: Any) -> KafkaException | None:
+        """Add the input offsets to the transaction and commit it (two broker round trips each)."""
         started = time.monotonic()
         try:
+            owned.producer.send_offsets_to_transaction([offsets], group, self.config.commit_timeout_s)
             self._commit(owned.producer)
         except KafkaException as exc:
             return exc
@@ -303,7 +308,8 @@ class MatchingProcessor:
         return recovered
 
     def _stage(self, partition: int, owned: _Owned, batch: list[Message]) -> int | None:
-        """Begin the partition's transaction, produce the batch's outputs and offsets; no commit.
+        """Begin the partition's transaction and produce the batch's outputs (offsets and commit
+        follow in ``_try_commit``).
         Returns the log time of the batch's oldest command."""
         producer, state = owned.producer, owned.state
         encode = self.codec.encode
@@ -369,9 +375,6 @@ class MatchingProcessor:
                           encode(ENGINE_SNAPSHOTS, state.snapshot_record()), partition=partition)
             owned.since_snapshot = 0
             crash_point("during-snapshot")
-        producer.send_offsets_to_transaction(
-            [TopicPartition(self.input_topic, partition, state.next_offset)],
-            self.consumer.consumer_group_metadata(), self.config.commit_timeout_s)
         return oldest_ts
 
     def _commit(self, producer: Producer) -> None:

@@ -9,7 +9,6 @@ earliest offset when a group has no committed position.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -53,7 +52,3 @@ def make_producer(bootstrap: str, transactional_id: str | None = None, **overrid
 
 def make_consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
     return Consumer(consumer_config(bootstrap, group_id, **overrides))
-
-
-def headers_dict(headers: list[tuple[str, bytes]] | None) -> Mapping[str, bytes]:
-    return dict(headers or [])

@@ -10,7 +10,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, Message, TopicPartition
+import stamina
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.runtime.clients import consumer_config
 
@@ -21,13 +22,32 @@ class ReadTimeout(RuntimeError):
 
 def standalone_consumer(bootstrap: str, **overrides: object) -> Consumer:
     config = consumer_config(bootstrap, f"xchg-reader-{uuid.uuid4().hex[:8]}", **overrides)
+    # Bounded reads end at a known offset: never let the broker hold a fetch open waiting for more.
+    config.setdefault("fetch.wait.max.ms", 10)
     config.setdefault("fetch.max.bytes", 104857600)
     config.setdefault("max.partition.fetch.bytes", 67108864)
     return Consumer(config)
 
 
+# Errors of a partition whose leader is moving or not elected yet (a topic just created).
+_TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._TIMED_OUT}
+
+
+def _retriable(error: Exception) -> bool:
+    if not isinstance(error, KafkaException):
+        return False
+    kafka_error: KafkaError = error.args[0]
+    return kafka_error.retriable() or kafka_error.code() in _TRANSIENT
+
+
 def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0) -> tuple[int, int]:
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
+    """Low and high watermark, retrying retriable errors (a new topic's leader is being elected)."""
+    for attempt in stamina.retry_context(on=_retriable, attempts=None, timeout=timeout, wait_initial=0.05,
+                                         wait_max=1.0):
+        with attempt:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout,
+                                                       cached=False)
     return int(low), int(high)
 
 
@@ -47,22 +67,15 @@ def read_range(consumer: Consumer, topic: str, partition: int, start: int, end: 
                     if error.code() == error._PARTITION_EOF:
                         continue
                     raise KafkaException(error)
-                offset = message.offset()
+                offset = message.offset() or 0
                 if offset >= end:
                     return
                 yield message
             position = consumer.position([TopicPartition(topic, partition)])[0].offset
-            if position >= end or (messages and messages[-1].offset() >= end - 1):
+            if position >= end or (messages and (messages[-1].offset() or 0) >= end - 1):
                 return
             idle = 0.0 if messages else idle + 0.05
             if idle >= idle_timeout:
                 raise ReadTimeout(f"{topic}[{partition}]: stuck at offset {position} before {end}")
     finally:
         consumer.unassign()
-
-
-def end_offset(consumer: Consumer, topic: str, partition: int) -> int:
-    return watermarks(consumer, topic, partition)[1]
-
-
-__all__ = ["OFFSET_END", "ReadTimeout", "end_offset", "read_range", "standalone_consumer", "watermarks"]

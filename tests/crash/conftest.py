@@ -63,5 +63,8 @@ class Load:
 
 
 @pytest.fixture
-def log_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
+def log_dir(request: pytest.FixtureRequest, unique: str) -> Iterator[Path]:
+    """Engine logs under the runtime folder (kept after the session, unlike pytest's tmp dirs)."""
+    path = load_settings().runtime_dir / "test-logs" / f"{request.node.name}-{unique}"
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
