@@ -50,6 +50,7 @@ import psycopg
 import stamina
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from streams.observability import DB_QUERY_SECONDS, SINK_ANOMALIES, SINK_CIRCUIT, SINK_ROWS, get_logger
 from streams.runtime.clients import consumer_config, producer_config
@@ -133,6 +134,16 @@ class _Batch:
     records: int = 0
 
 
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
@@ -146,10 +157,10 @@ class _Book:
         self.bids: dict[int, int] = bids or {}
         self.asks: dict[int, int] = asks or {}
 
-    def levels(self) -> tuple[str, str]:
+    def levels(self) -> tuple[Jsonb, Jsonb]:
         bids = sorted(self.bids.items(), key=lambda kv: -kv[0])[:BOOK_DEPTH]
         asks = sorted(self.asks.items())[:BOOK_DEPTH]
-        return json.dumps([list(x) for x in bids]), json.dumps([list(x) for x in asks])
+        return Jsonb([list(x) for x in bids]), Jsonb([list(x) for x in asks])
 
     def state(self) -> tuple[str, str]:
         return json.dumps(sorted(self.bids.items())), json.dumps(sorted(self.asks.items()))
@@ -373,7 +384,7 @@ class TimescaleSink:
         elif logical == ORDERS_EVENTS:
             name, body = v["body"]
             row = (market, v["seq"], _ts(v["ts"]), v["command_id"], name.rsplit(".", 1)[-1],
-                   body.get("order_id"), body.get("account"), json.dumps(body, default=str))
+                   body.get("order_id"), body.get("account"), Jsonb(body, dumps=_dumps))
             if self._sequence(batch, self.event_seq, logical, market, v["seq"], message):
                 batch.events.append(row)
                 batch.event_src.append(message)
