@@ -2,20 +2,22 @@
 
 Representation (chosen for the matcher's hot path):
 - ``Order`` is a mutable slots object; ``open`` is its open quantity in qty units.
-- A ``Level`` holds a ``deque`` of orders in time priority plus the level's ``total`` open
-  quantity and ``count`` of live orders.
+- A ``Level`` holds a ``deque`` of orders in time priority, the level's ``total`` open quantity
+  and the number of ``dead`` entries in the deque. Live orders have ``open > 0``, so a level is
+  empty exactly when ``total == 0``.
 - A ``BookSide`` maps price → Level and keeps a sorted list ``keys`` with the *best level last*:
   the key of a bid is its price, the key of an ask is minus its price. Both sides therefore
   read "key >= limit key" as "crosses the limit", and removing the best level is ``keys.pop()``.
 - Removal from the middle of a queue is lazy: the order's ``open`` is set to 0 ("dead") and it
   stays in the deque until it reaches the front (dead orders are popped from the front at once)
-  or the queue is compacted; ``total`` and ``count`` are updated eagerly.
+  or the queue, once more than half dead, is compacted; ``total`` and ``dead`` are updated eagerly.
 
 Invariants (checked by ``BookSide.check``, raising ``InvariantBreach``):
-- ``keys`` is strictly ascending and holds exactly the keys of ``levels``; every level has
-  ``count > 0`` live orders, a live order at the front of its queue, ``total`` equal to the sum
-  of its live orders' open quantities, and live orders in strictly ascending ``entry`` (time
-  priority; ``entry`` is the seq of the event that put the order on the book).
+- ``keys`` is strictly ascending and holds exactly the keys of ``levels``; every level has live
+  orders (``total > 0``), a live order at the front of its queue, ``total`` equal to the sum of
+  its live orders' open quantities, ``dead`` equal to the number of dead entries in its queue,
+  and live orders in strictly ascending ``entry`` (time priority; ``entry`` is the seq of the
+  event that put the order on the book).
 - A live order has ``open > 0``, sits at its own price on its own side, and is the very object
   indexed under its id in the engine's order index; a dead order (``open == 0``) is not indexed.
 - Every changed level's price is recorded in ``touched`` until ``take_touched`` is called.
@@ -61,15 +63,15 @@ class Order:
 
 
 class Level:
-    """One price level: FIFO queue of orders (may hold dead ones), live total and count."""
+    """One price level: FIFO queue of orders (may hold dead ones), live total, dead entries."""
 
-    __slots__ = ("count", "price", "queue", "total")
+    __slots__ = ("dead", "price", "queue", "total")
 
     def __init__(self, price: int) -> None:
         self.price = price
         self.queue: deque[Order] = deque()
         self.total = 0
-        self.count = 0
+        self.dead = 0
 
     def live(self) -> list[Order]:
         """Live orders in queue priority."""
@@ -107,7 +109,6 @@ class BookSide:
             insort(self.keys, price if self.is_bid else -price)
         level.queue.append(order)
         level.total += order.open
-        level.count += 1
         self.touched.add(price)
 
     def drop_level(self, price: int) -> None:
@@ -126,19 +127,22 @@ class BookSide:
         price = order.price
         level = self.levels[price]
         level.total -= qty
-        level.count -= 1
         order.open = 0
         self.touched.add(price)
-        if level.count == 0:
+        if not level.total:
             self.drop_level(price)
             return qty
         queue = level.queue
         if queue[0] is order:
             queue.popleft()
-            while queue[0].open == 0:
+            while not queue[0].open:
                 queue.popleft()
-        elif len(queue) > 2 * level.count + 32:
-            level.queue = deque(o for o in queue if o.open > 0)
+                level.dead -= 1
+        else:
+            dead = level.dead = level.dead + 1
+            if dead > 32 and 2 * dead > len(queue):
+                level.queue = deque(o for o in queue if o.open)
+                level.dead = 0
         return qty
 
     def reduce(self, order: Order, qty: int) -> None:
@@ -173,7 +177,7 @@ class BookSide:
             queue = level.queue
             if not queue or queue[0].open <= 0:
                 raise InvariantBreach(f"{name} {price}: front of queue is not a live order")
-            total = count = 0
+            total = count = dead = 0
             last_entry = -1
             for o in queue:
                 if o.open < 0:
@@ -181,6 +185,7 @@ class BookSide:
                 if o.open == 0:
                     if index.get(o.order_id) is o:
                         raise InvariantBreach(f"{name} {price}: removed order {o.order_id} still indexed")
+                    dead += 1
                     continue
                 if index.get(o.order_id) is not o:
                     raise InvariantBreach(f"{name} {price}: resting order {o.order_id} not indexed")
@@ -191,10 +196,10 @@ class BookSide:
                 last_entry = o.entry
                 total += o.open
                 count += 1
-            if count == 0 or count != level.count or total != level.total:
+            if count == 0 or dead != level.dead or total != level.total:
                 raise InvariantBreach(
-                    f"{name} {price}: level says count={level.count} total={level.total}, "
-                    f"queue has count={count} total={total}"
+                    f"{name} {price}: level says total={level.total} dead={level.dead}, "
+                    f"queue has {count} live orders, total={total} dead={dead}"
                 )
             live_total += count
         return live_total

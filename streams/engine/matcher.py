@@ -24,7 +24,9 @@ Invariants:
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Callable
 from itertools import pairwise
+from typing import Any
 
 from streams.domain.commands import (
     Amend,
@@ -107,8 +109,8 @@ _X_DECREMENT = ExpireReason.STP_DECREMENT
 _C_USER = CancelReason.USER
 _C_ALL = CancelReason.CANCEL_ALL
 
-# A limit key below every possible key: "no price limit" for a buy (keys of asks are -price).
-_NO_LIMIT = -(1 << 512)
+# Above every possible price: the band edge of a buy when there is no band (or no trade yet).
+_UNBOUNDED = 1 << 512
 
 _new_order = object.__new__
 
@@ -123,11 +125,14 @@ class Engine:
         "_band_hi",
         "_band_lo",
         "_bids",
+        "_buy_max",
+        "_dispatch",
         "_last_price",
         "_last_ts",
         "_lot",
         "_min_qty",
         "_orders",
+        "_sell_min",
         "_seq",
         "_state",
         "_tick",
@@ -155,6 +160,15 @@ class Engine:
         self._last_ts = 0
         self._state = _ACTIVE
         self._last_price = 0  # last trade price; 0 = the market has not traded
+        self._buy_max = _UNBOUNDED  # highest buy price inside the band
+        self._sell_min = 0  # lowest sell price inside the band
+        self._dispatch: dict[type[Any], Callable[[Any, int], list[Event]]] = {
+            Place: self._place,
+            Cancel: self._cancel,
+            Amend: self._amend,
+            CancelAll: self._cancel_all,
+            SetState: self._set_state,
+        }
 
     # ------------------------------------------------------------------ reads
 
@@ -268,7 +282,7 @@ class Engine:
         engine._trade_id = state.trade_id
         engine._last_ts = state.last_ts
         engine._state = state.state
-        engine._last_price = state.last_price
+        engine._set_last_price(state.last_price)
         engine._used = set(state.used)
         engine._bids = state.bids
         engine._asks = state.asks
@@ -291,31 +305,27 @@ class Engine:
             ts = self._last_ts
         else:
             self._last_ts = ts
-        kind = type(cmd)
-        if kind is Place:
-            return self._place(cmd, ts)  # type: ignore[arg-type]
-        if kind is Cancel:
-            return self._cancel(cmd, ts)  # type: ignore[arg-type]
-        if kind is Amend:
-            return self._amend(cmd, ts)  # type: ignore[arg-type]
-        if kind is CancelAll:
-            return self._cancel_all(cmd, ts)  # type: ignore[arg-type]
-        if kind is SetState:
-            return self._set_state(cmd, ts)  # type: ignore[arg-type]
-        raise TypeError(f"not a command: {cmd!r}")
+        try:
+            handler = self._dispatch[cmd.__class__]
+        except KeyError:
+            raise TypeError(f"not a command: {cmd!r}") from None
+        return handler(cmd, ts)
 
     def _reject(self, order_id: str, account: str, reason: RejectCode, ts: int) -> list[Event]:
         seq = self._seq = self._seq + 1
         return [_Rejected(seq, ts, order_id, account, reason)]
 
-    def _market_limit(self, is_buy: bool) -> int:
-        """Limit key of a market order: the band edge (or no limit) on the taker's side."""
-        last = self._last_price
-        if self._band and last:
-            if is_buy:
-                return -((last * self._band_hi) // self._band_den)
-            return -((-last * self._band_lo) // self._band_den)  # ceil(last*lo/den)
-        return _NO_LIMIT if is_buy else 0
+    def _set_last_price(self, price: int) -> None:
+        """Record the last trade price and the price band around it (rule 8), as exact integers:
+        a buy at p is inside iff p*den <= last*hi, i.e. p <= floor(last*hi/den); a sell iff
+        p*den >= last*lo, i.e. p >= ceil(last*lo/den)."""
+        self._last_price = price
+        if self._band and price:
+            self._buy_max = (price * self._band_hi) // self._band_den
+            self._sell_min = -((-price * self._band_lo) // self._band_den)
+        else:
+            self._buy_max = _UNBOUNDED
+            self._sell_min = 0
 
     def _place(self, c: Place, ts: int) -> list[Event]:
         oid = c.order_id
@@ -344,13 +354,8 @@ class Engine:
                 return self._reject(oid, account, _R_LOT, ts)
             if qty < self._min_qty:
                 return self._reject(oid, account, _R_MIN_QTY, ts)
-            last = self._last_price
-            if last and self._band:
-                if is_buy:
-                    if price * self._band_den > last * self._band_hi:
-                        return self._reject(oid, account, _R_BAND, ts)
-                elif price * self._band_den < last * self._band_lo:
-                    return self._reject(oid, account, _R_BAND, ts)
+            if price > self._buy_max if is_buy else price < self._sell_min:
+                return self._reject(oid, account, _R_BAND, ts)
             klim = -price if is_buy else price
             tif = c.tif
         else:
@@ -359,11 +364,11 @@ class Engine:
             if qty < self._min_qty:
                 return self._reject(oid, account, _R_MIN_QTY, ts)
             price = 0
-            klim = self._market_limit(is_buy)
+            klim = -self._buy_max if is_buy else self._sell_min  # market orders trade within the band
             tif = _IOC
         opposite = self._asks if is_buy else self._bids
         keys = opposite.keys
-        crosses = bool(keys) and keys[-1] >= klim
+        crosses = keys[-1] >= klim if keys else False
         post_only = c.post_only
         if post_only and crosses:
             return self._reject(oid, account, _R_CROSS, ts)
@@ -400,7 +405,6 @@ class Engine:
                     insort(own.keys, price if is_buy else -price)
                 level.queue.append(order)
                 level.total += remaining
-                level.count += 1
                 own.touched.add(price)
             else:
                 seq = self._seq = self._seq + 1
@@ -504,16 +508,16 @@ class Engine:
                     level.total -= mopen
                     remaining -= mopen
                     filled = remaining == 0
-                if maker.open == 0:
+                if not maker.open:
                     queue.popleft()
                     del orders[maker.order_id]
-                    level.count -= 1
-                    if level.count == 0:
+                    if not level.total:
                         del levels[price]
                         keys.pop()
                         break
-                    while queue[0].open == 0:
+                    while not queue[0].open:
                         queue.popleft()
+                        level.dead -= 1
                 if remaining == 0:
                     break
             if remaining == 0:
@@ -524,7 +528,8 @@ class Engine:
         self._seq = seq
         if tid != start_tid:
             self._trade_id = tid
-            self._last_price = traded_at
+            if traded_at != self._last_price:
+                self._set_last_price(traded_at)
         return remaining
 
     def _cancel(self, c: Cancel, ts: int) -> list[Event]:
@@ -533,19 +538,7 @@ class Engine:
         if order is None or order.account != c.account:
             return self._reject(oid, c.account, _R_UNKNOWN, ts)
         del self._orders[oid]
-        qty = order.open
-        price = order.price
-        own = self._bids if order.side is _BUY else self._asks
-        level = own.levels[price]
-        if level.count > 1 and level.queue[-1] is order:
-            # Inlined BookSide.remove for the common "cancel the newest order" case.
-            level.queue.pop()
-            level.total -= qty
-            level.count -= 1
-            order.open = 0
-            own.touched.add(price)
-        else:
-            own.remove(order)
+        qty = (self._bids if order.side is _BUY else self._asks).remove(order)
         seq = self._seq = self._seq + 1
         return [_Cancelled(seq, ts, oid, order.account, qty, _C_USER)]
 
@@ -602,17 +595,12 @@ class Engine:
                 own.reduce(order, order.open - qty)
             seq = self._seq = self._seq + 1
             return [_Amended(seq, ts, oid, account, price, qty, False)]
-        last = self._last_price
-        if last and self._band:
-            if is_buy:
-                if price * self._band_den > last * self._band_hi:
-                    return self._reject(oid, account, _R_BAND, ts)
-            elif price * self._band_den < last * self._band_lo:
-                return self._reject(oid, account, _R_BAND, ts)
+        if price > self._buy_max if is_buy else price < self._sell_min:
+            return self._reject(oid, account, _R_BAND, ts)
         klim = -price if is_buy else price
         opposite = self._asks if is_buy else self._bids
         keys = opposite.keys
-        crosses = bool(keys) and keys[-1] >= klim
+        crosses = keys[-1] >= klim if keys else False
         if order.post_only and crosses:
             return self._reject(oid, account, _R_CROSS, ts)
 

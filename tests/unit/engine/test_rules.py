@@ -364,7 +364,7 @@ def test_take_book_changes() -> None:
 # ---------------------------------------------------------------------- invariants
 
 
-@pytest.mark.parametrize("corruption", ["zero_open", "unindexed", "crossed", "total", "twice"])
+@pytest.mark.parametrize("corruption", ["zero_open", "unindexed", "crossed", "total", "dead", "twice"])
 def test_check_invariants_detects_corruption(corruption: str) -> None:
     e = Engine(SPEC)
     run(e, place("b1", "a", BUY, 99, 2), place("b2", "a", BUY, 99, 1), place("s1", "b", SELL, 101, 3))
@@ -381,9 +381,10 @@ def test_check_invariants_detects_corruption(corruption: str) -> None:
         e._bids.rest(order)
     elif corruption == "total":
         level.total += 1
+    elif corruption == "dead":
+        level.dead += 1
     else:
-        level.queue.append(level.queue[0])
-        level.count += 1
+        level.queue.append(level.queue[0])  # the same order queued twice
         level.total += level.queue[0].open
     with pytest.raises(InvariantBreach):
         e.check_invariants()
