@@ -359,8 +359,23 @@ class TimescaleSink:
         self._resume_sequence(conn, {v["market"] for t, _, v in decoded if t == TRADES}, events=False)
         self._resume_sequence(conn, {v["market"] for t, _, v in decoded if t == ORDERS_EVENTS}, events=True)
         interval_ms = self.config.book_snapshot_interval_s * 1000
+        # Fast path for the common case, a trade that is the next of its market (the same
+        # classification SequenceTracker.observe makes); everything else goes through _prepare_one.
+        fast = self.config.skip_before_ms is None
+        tracker, trades, trade_src = self.trade_seq, batch.trades, batch.trade_src
+        last = tracker.last
         for logical, message, v in decoded:
             try:
+                if fast and logical == TRADES:
+                    market, trade_id = v["market"], v["trade_id"]
+                    if last.get(market, tracker.start) == trade_id - 1:
+                        trades.append((market, trade_id, _ts(v["ts"]), v["seq"], v["price"], v["qty"],
+                                       v["maker_order_id"], v["maker_account"], v["taker_order_id"],
+                                       v["taker_account"], v["taker_side"]))
+                        last[market] = trade_id
+                        tracker.seen += 1
+                        trade_src.append(message)
+                        continue
                 self._prepare_one(batch, logical, message, v, interval_ms)
             except (ValueError, OverflowError, TypeError, KeyError) as error:
                 batch.rejected.append(_Rejected(message, f"invalid:{type(error).__name__}", str(error)))
