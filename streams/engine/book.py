@@ -28,9 +28,12 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import deque
 from itertools import pairwise
+from operator import attrgetter
 
 from streams.domain.commands import Side, STPMode
 from streams.engine.errors import InvariantBreach
+
+_open = attrgetter("open")  # truthy exactly for live orders
 
 
 class Order:
@@ -141,7 +144,7 @@ class BookSide:
         else:
             dead = level.dead = level.dead + 1
             if dead > 32 and 2 * dead > len(queue):
-                level.queue = deque(o for o in queue if o.open)
+                level.queue = deque(filter(_open, queue))  # C-speed compaction
                 level.dead = 0
         return qty
 
