@@ -4,6 +4,7 @@ and the kill switch travelling through the log like any order."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,9 +86,15 @@ def test_malformed_configuration_is_one_line(env: dict[str, str], needle: str) -
     assert "Traceback" not in result.stderr
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def test_missing_java_names_the_fix(tmp_path: Path) -> None:
-    env = {"PATH": str(tmp_path), "EXCHANGE_RUNTIME_DIR": str(tmp_path / "run"), "EXCHANGE_KAFKA_PORT": "29092",
-           "EXCHANGE_KAFKA_CONTROLLER_PORT": "29093"}
+    env = {"PATH": str(tmp_path), "EXCHANGE_RUNTIME_DIR": str(tmp_path / "run"),
+           "EXCHANGE_KAFKA_PORT": str(_free_port()), "EXCHANGE_KAFKA_CONTROLLER_PORT": str(_free_port())}
     result = xchg("infra", "up", "kafka", env=env)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
