@@ -17,6 +17,11 @@ would have formed:
   re-reading from there; trades already inside emitted batches are skipped by trade id (the
   ``SequenceTracker`` in the batcher classifies them as duplicates and reports gaps).
 
+Batches are tied to a deployment (their hashes commit to its token addresses): each record carries
+the Settlement address in the ``xchg.settlement`` header, the consumer group and transactional id
+default to names containing it, and every reader (resume, submitter, reconciliation) keeps only its
+deployment's records, so a redeployed dev chain starts its batches afresh beside the old ones.
+
 Any Kafka transaction error ends the process non-zero after an abort: restart is the recovery path
 (the new producer with the same id fences the old one; the state comes back as above). A trade-id
 gap is refused (``BatchInputError``): settlement never skips a trade.
@@ -47,8 +52,8 @@ log = get_logger("settlement.batcher")
 
 @dataclass(frozen=True)
 class BatcherRun:
-    group: str = "xchg-settle-batcher"
-    transactional_id: str = "xchg-settle-batcher"
+    group: str | None = None  # default: <prefix>xchg-settle-batcher-<settlement address>
+    transactional_id: str | None = None  # default: the group
     flush_idle_s: float | None = None  # close open batches after this long without input (demo/tests)
     idle_exit_s: float | None = None  # stop after this long without input
     commit_timeout_s: float = 30.0
@@ -67,15 +72,24 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
     return sorted(meta.partitions)
 
 
-def read_batches(bootstrap: str, topic: str, codec: Codec) -> list[Batch]:
-    """Every committed batch of the topic (partition order, i.e. per-market order)."""
+DEPLOYMENT_HEADER = "xchg.settlement"
+
+
+def of_deployment(headers: list[tuple[str, bytes]] | None, deployment: str) -> bool:
+    """Whether a settlement.batches record belongs to this deployment (its hashes use its tokens)."""
+    return dict(headers or []).get(DEPLOYMENT_HEADER) == deployment.encode()
+
+
+def read_batches(bootstrap: str, topic: str, codec: Codec, deployment: str) -> list[Batch]:
+    """Every committed batch of ``deployment`` in the topic (partition order = per-market order)."""
     consumer = standalone_consumer(bootstrap)
     out: list[Batch] = []
     try:
         for p in _partitions(consumer, topic):
             low, high = watermarks(consumer, topic, p)
             for m in read_range(consumer, topic, p, low, high):
-                out.append(Batch.from_record(codec.decode(SETTLEMENT_BATCHES, m.value())))
+                if of_deployment(m.headers(), deployment):
+                    out.append(Batch.from_record(codec.decode(SETTLEMENT_BATCHES, m.value())))
     finally:
         consumer.close()
     return out
@@ -97,11 +111,14 @@ class BatchService:
         self.ns = settings.namespace
         self.in_topic, self.out_topic = self.ns(TRADES), self.ns(SETTLEMENT_BATCHES)
         bootstrap = settings.bootstrap_servers
-        self.producer = Producer(producer_config(bootstrap, run.transactional_id, **{"message.max.bytes": 16_777_216}))
+        group = run.group or f"{settings.topic_prefix}xchg-settle-batcher-{deployment.settlement.lower()}"
+        self.producer = Producer(producer_config(bootstrap, run.transactional_id or group,
+                                                 **{"message.max.bytes": 16_777_216}))
         self.producer.init_transactions(run.commit_timeout_s)  # fences a previous incarnation
-        resume = cursors(read_batches(bootstrap, self.out_topic, self.codec))
+        self.deployment = deployment.settlement
+        resume = cursors(read_batches(bootstrap, self.out_topic, self.codec, self.deployment))
         self.batcher = Batcher(batch_config(settings), units, Chain(account_address, deployment.tokens), resume)
-        self.consumer = Consumer(consumer_config(bootstrap, run.group, **{"fetch.wait.max.ms": 50}))
+        self.consumer = Consumer(consumer_config(bootstrap, group, **{"fetch.wait.max.ms": 50}))
         parts = _partitions(self.consumer, self.in_topic)
         committed = self.consumer.committed([TopicPartition(self.in_topic, p) for p in parts], timeout=30)
         self.next_offset: dict[int, int] = {}
@@ -132,7 +149,8 @@ class BatchService:
         producer.begin_transaction()
         try:
             for b in batches:
-                producer.produce(self.out_topic, self.codec.encode(SETTLEMENT_BATCHES, b.record()), b.market.encode())
+                producer.produce(self.out_topic, self.codec.encode(SETTLEMENT_BATCHES, b.record()), b.market.encode(),
+                                 headers=[(DEPLOYMENT_HEADER, self.deployment.encode())])
             producer.send_offsets_to_transaction(self._offsets(), self.consumer.consumer_group_metadata(),
                                                  self.run_config.commit_timeout_s)
             producer.commit_transaction(self.run_config.commit_timeout_s)

@@ -50,16 +50,15 @@ def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
     fund_accounts(settings, deployment, accounts, assets)
     deployment = Deployment.load(deployment_path(settings))
 
-    prefix = settings.topic_prefix
-    run = BatcherRun(group=f"{prefix}xchg-settle-batcher", transactional_id=f"{prefix}xchg-settle-batcher",
-                     flush_idle_s=0.5, idle_exit_s=1.0)
+    run = BatcherRun(flush_idle_s=0.5, idle_exit_s=1.0)
     BatchService(settings, deployment, units, run).run()
 
     submitter = Submitter(settings, deployment).acquire()
     try:
         # Everything the batcher emitted, read back now (the submitter's group consumer may still be
         # joining; ingestion is idempotent, so it re-reading the same batches later is harmless).
-        submitter.ingest(read_batches(settings.bootstrap_servers, settings.namespace(SETTLEMENT_BATCHES), _codec()))
+        submitter.ingest(read_batches(settings.bootstrap_servers, settings.namespace(SETTLEMENT_BATCHES), _codec(),
+                                      deployment.settlement))
         deadline = time.monotonic() + timeout_s
         while True:
             progressed = submitter.step()

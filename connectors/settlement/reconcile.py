@@ -87,7 +87,7 @@ def reconcile(settings: Settings, deployment: Deployment, units: dict[str, Marke
     chain = Chain(account_address, deployment.tokens)
     config = batch_config(settings)
     try:
-        batches = read_batches(settings.bootstrap_servers, ns(SETTLEMENT_BATCHES), codec)
+        batches = read_batches(settings.bootstrap_servers, ns(SETTLEMENT_BATCHES), codec, deployment.settlement)
         trades = read_trades(settings.bootstrap_servers, ns(TRADES), codec)
     except KafkaException as error:
         report.mismatches.append(f"cannot read the batches or the trade log: {error}")

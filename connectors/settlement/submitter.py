@@ -50,6 +50,7 @@ from eth_hash.auto import keccak
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
 
+from connectors.settlement.batch_service import of_deployment
 from connectors.settlement.batcher import Batch, Chain, onchain_deltas
 from connectors.settlement.chain import (
     Deployment,
@@ -207,9 +208,10 @@ class Submitter:
         for m in messages:
             if m.error() is not None:
                 continue
-            batches.append(Batch.from_record(self.codec.decode(BATCHES_TOPIC, m.value())))
             offsets[m.partition()] = m.offset() + 1
-        if not batches:
+            if of_deployment(m.headers(), self.key):
+                batches.append(Batch.from_record(self.codec.decode(BATCHES_TOPIC, m.value())))
+        if not offsets:
             return 0
         added = self.ingest(batches)  # idempotent: a crash before the commit below re-ingests harmlessly
         self.consumer.commit(offsets=[TopicPartition(self.ns(BATCHES_TOPIC), p, o) for p, o in offsets.items()],

@@ -63,15 +63,13 @@ def deploy(
 def batch(
     flush_idle: Annotated[float | None, typer.Option("--flush-idle", help="Close open batches after S s idle.")] = None,
     idle_exit: Annotated[float | None, typer.Option("--idle-exit", help="Exit after S s without trades.")] = None,
-    group: Annotated[str, typer.Option("--group")] = "xchg-settle-batcher",
+    group: Annotated[str | None, typer.Option("--group", help="Consumer group = transactional id.")] = None,
 ) -> None:
     """Form deterministic batches from trades into settlement.batches (exactly once)."""
     from connectors.settlement.batch_service import BatcherRun, BatchService
 
     settings, _, units = _context()
-    prefix = settings.topic_prefix
-    run = BatcherRun(group=f"{prefix}{group}", transactional_id=f"{prefix}{group}", flush_idle_s=flush_idle,
-                     idle_exit_s=idle_exit)
+    run = BatcherRun(group=group, transactional_id=group, flush_idle_s=flush_idle, idle_exit_s=idle_exit)
     emitted = BatchService(settings, _deployment(settings), units, run).run()
     typer.echo(json.dumps({"batches": emitted}))
 

@@ -75,12 +75,14 @@ class Stage:
         assert producer.flush(30) == 0
 
     def produce_batches(self, batches: list[Batch]) -> None:
+        from connectors.settlement.batch_service import DEPLOYMENT_HEADER
         from streams.serde.topics import SETTLEMENT_BATCHES
 
         codec = Codec()
         producer = make_producer(self.settings.bootstrap_servers)
         for b in batches:
-            producer.produce(self.ns(SETTLEMENT_BATCHES), codec.encode(SETTLEMENT_BATCHES, b.record()), b.market.encode())
+            producer.produce(self.ns(SETTLEMENT_BATCHES), codec.encode(SETTLEMENT_BATCHES, b.record()), b.market.encode(),
+                             headers=[(DEPLOYMENT_HEADER, self.deployment.settlement.encode())])
         assert producer.flush(30) == 0
 
     def submitter(self, kafka: bool = False) -> Submitter:

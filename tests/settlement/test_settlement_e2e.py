@@ -43,7 +43,8 @@ def test_ten_thousand_trades_settle_in_ten_batches_and_balances_match(stage: Sta
     assert _run_batcher(stage, group) == 10
     assert _run_batcher(stage, group) == 0  # restart: everything already emitted, nothing twice
     codec = Codec()
-    batches = read_batches(stage.settings.bootstrap_servers, stage.ns(SETTLEMENT_BATCHES), codec)
+    batches = read_batches(stage.settings.bootstrap_servers, stage.ns(SETTLEMENT_BATCHES), codec,
+                           stage.deployment.settlement)
     assert batches == stage.batches(trades)  # the topic holds exactly the pure replay's batches
     assert [b.trade_count for b in batches] == [1000] * 10
 
@@ -79,6 +80,25 @@ def test_batcher_restart_with_an_open_batch_reforms_the_uninterrupted_batches(st
     assert BatchService(stage.settings, stage.deployment, stage.units, run).run() == 1  # 1..1000; 1001..1500 open
     stage.produce_trades(trades[1500:])
     assert _run_batcher(stage, group) == 2  # restart: re-reads the open batch from its first trade
-    batches = read_batches(stage.settings.bootstrap_servers, stage.ns(SETTLEMENT_BATCHES), Codec())
+    batches = read_batches(stage.settings.bootstrap_servers, stage.ns(SETTLEMENT_BATCHES), Codec(),
+                           stage.deployment.settlement)
     assert batches == stage.batches(trades)
     assert [(b.first_trade_id, b.last_trade_id) for b in batches] == [(1, 1000), (1001, 2000), (2001, 3000)]
+
+
+def test_a_new_deployment_batches_afresh_beside_the_old_one(stage: Stage) -> None:
+    from connectors.settlement.chain import deploy
+
+    trades = stage.trades(1200, fund=False)
+    stage.produce_trades(trades)
+    old = stage.deployment
+    assert BatchService(stage.settings, old, stage.units, BatcherRun(flush_idle_s=0.3, idle_exit_s=0.8)).run() == 2
+    stage.deployment = deploy(stage.settings, stage.assets)  # e.g. a restarted dev chain
+    assert BatchService(stage.settings, stage.deployment, stage.units,
+                        BatcherRun(flush_idle_s=0.3, idle_exit_s=0.8)).run() == 2
+    topic = stage.ns(SETTLEMENT_BATCHES)
+    new_batches = read_batches(stage.settings.bootstrap_servers, topic, Codec(), stage.deployment.settlement)
+    old_batches = read_batches(stage.settings.bootstrap_servers, topic, Codec(), old.settlement)
+    assert new_batches == stage.batches(trades)
+    assert [(b.first_trade_id, b.last_trade_id) for b in old_batches] == [(1, 1000), (1001, 1200)]
+    assert {b.batch_hash for b in old_batches}.isdisjoint(b.batch_hash for b in new_batches)
