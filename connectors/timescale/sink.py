@@ -38,6 +38,8 @@ is stored with the offsets (``sink_book_state``) so a restart resumes it exactly
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -179,6 +181,7 @@ class TimescaleSink:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
         self.pending: tuple[Future[dict[str, int]], _Batch, int] | None = None
         self.logical: dict[str, str] = {}
+        self.stopping = False
         self.trade_seq = SequenceTracker()
         self.event_seq = SequenceTracker()
         self.known_trade_markets: set[str] = set()
@@ -667,8 +670,12 @@ class TimescaleSink:
         self.start()
         started = last_input = time.monotonic()
         last_report = started
+        self.stopping = False
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._stop_signal)
         try:
-            while True:
+            while not self.stopping:
                 n = self.step()
                 if n and on_batch is not None:
                     on_batch(n)
@@ -689,6 +696,10 @@ class TimescaleSink:
         finally:
             self.close()
         return self.stats
+
+    def _stop_signal(self, signum: int, frame: object) -> None:
+        self.log.info("stopping", signal=signal.Signals(signum).name)
+        self.stopping = True
 
     def close(self) -> None:
         try:

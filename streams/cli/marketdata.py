@@ -13,7 +13,8 @@ app = typer.Typer(help="Derived market data: the faust-streaming candle processo
 @app.command("run")
 @guarded
 def run(
-    idle_exit: float | None = typer.Option(None, help="stop after this many seconds without trades"),
+    idle_exit: float | None = typer.Option(None, help="stop after this many seconds without trades (once caught up)"),
+    instance: str = typer.Option("marketdata-1", help="static group member id (one per running worker)"),
 ) -> None:
     """Turn trades into 1m/1h/1d OHLCV candles on md.candles (faust worker) until SIGTERM/SIGINT."""
     from streams.observability import get_logger, serve_metrics
@@ -26,6 +27,7 @@ def run(
         bootstrap=KafkaCluster(settings).bootstrap_servers(),
         namespace=settings.namespace,
         idle_exit_s=idle_exit,
+        instance_id=instance,
         schema_registry_url=settings.schema_registry_url,
     )
     serve_metrics(settings.metrics_port)
