@@ -8,8 +8,8 @@ import random
 import signal
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
