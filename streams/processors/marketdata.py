@@ -88,6 +88,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         producer_acks=-1,
+        producer_linger=0.005,
         table_standby_replicas=0,
         key_serializer="raw",
         value_serializer="raw",
@@ -98,10 +99,12 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                         key_serializer="raw", value_serializer="raw", partitions=config.partitions)
     table = app.Table("candles", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
     replayed: set[str] = set()
+    cache: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
 
-    async def publish(key: bytes, updates: list[dict[str, Any]]) -> None:
+    def publish(key: bytes, updates: list[dict[str, Any]]) -> None:
+        # Buffered sends: faust flushes its producer before it commits the input offsets.
         for candle in updates:
-            await candles.send(key=key, value=codec.encode(MD_CANDLES, to_record(candle)))
+            candles.send_soon(key=key, value=codec.encode(MD_CANDLES, to_record(candle)))
         stats.published += len(updates)
 
     @app.agent(trades)
@@ -119,17 +122,25 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
             market = trade["market"]
             key = market.encode()
             stored = table.get(key)
-            state = new_state() if stored is None else json.loads(stored)
+            cached = cache.get(key)
+            if stored is None:
+                state = new_state()
+            elif cached is not None and cached[0] is stored:
+                state = cached[1]  # the table still holds what this worker wrote: skip parsing it
+            else:
+                state = json.loads(stored)
             updates = fold(state, trade)
             if not updates:
                 stats.skipped += 1
                 if market not in replayed:
                     replayed.add(market)
-                    await publish(key, replay_candles(state, trade["trade_id"]))
+                    publish(key, replay_candles(state, trade["trade_id"]))
                 continue
-            table[key] = json.dumps(state, separators=(",", ":")).encode()
+            encoded = json.dumps(state, separators=(",", ":")).encode()
+            table[key] = encoded
+            cache[key] = (encoded, state)
             stats.trades += 1
-            await publish(key, updates)
+            publish(key, updates)
 
     if config.idle_exit_s is not None:
         idle = config.idle_exit_s
