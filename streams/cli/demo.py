@@ -3,7 +3,9 @@
 1. produce a seeded order flow to ``orders.commands`` (idempotent, murmur2-keyed producer);
 2. run the matching engine (exactly-once transactions) until it has consumed everything;
 3. read the committed outputs back (``read_committed``) and check their sequences;
-4. print commands per second, trades per second and a sample of trades.
+4. print commands per second, trades per second and a sample of trades;
+5. candles (faust) and the database sink, then a sample OHLCV query as the analyst role;
+6. settle the new trades on the local chain: batch, submit, finalize, reconcile.
 
 Each run uses a new seed (the current size of the input log), so order ids never repeat across runs.
 """
@@ -89,4 +91,14 @@ def demo(commands: int = typer.Option(20_000, help="commands to produce"),
                   f"{len(outcomes.missing) + len(outcomes.duplicated)}")
     if not (report.clean and outcomes.clean):
         raise fail("the committed outputs are not exactly-once: see `xchg verify stream --outcomes`")
+
+    console.rule("4. candles and the analytics database")
+    from connectors.timescale.demo import ingest_and_report
+
+    console.print(ingest_and_report(settings), markup=False)
+
+    console.rule("5. settlement on the local chain")
+    from connectors.settlement.demo import settle_and_report
+
+    console.print(settle_and_report(settings), markup=False)
     console.print("[green]demo complete[/green]")
