@@ -204,33 +204,68 @@ def deploy(settings: Settings, assets: dict[str, Asset]) -> Deployment:
     return deployment
 
 
+def rpc_batch(url: str, calls: list[tuple[str, list[Any]]], chunk: int = 500) -> list[Any]:
+    """JSON-RPC batch requests (one HTTP round trip per ``chunk`` calls); raises on any error."""
+    import requests
+
+    out: list[Any] = []
+    for start in range(0, len(calls), chunk):
+        body = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p}
+                for i, (m, p) in enumerate(calls[start:start + chunk])]
+        replies = sorted(requests.post(url, json=body, timeout=300).json(), key=lambda r: r["id"])
+        for reply in replies:
+            if "error" in reply:
+                raise SettlementError(f"{body[reply['id']]['method']} failed: {reply['error'].get('message')}")
+        out.extend(r.get("result") for r in replies)
+    return out
+
+
 def fund_accounts(settings: Settings, deployment: Deployment, accounts: list[str],
                   assets: dict[str, Asset], whole_tokens: int = FUNDING_WHOLE_TOKENS,
                   symbols: tuple[str, ...] | None = None) -> int:
     """Mint and deposit ``whole_tokens`` of every asset for each account not funded yet (dev chain).
 
-    Transactions are sent back to back (automine includes each at once) and awaited at the end."""
+    Thousands of set-up transactions (mint, approve, deposit per account and asset) would take a
+    block each under automine; instead automine is paused, every transaction is sent in JSON-RPC
+    batches, blocks are mined until all are in, and automine is restored to what it was."""
     todo = sorted(set(accounts) - set(deployment.funded))
     if not todo:
         return 0
-    w3 = web3(settings.chain_rpc_url)
-    sender = TxSender(w3)
+    url = settings.chain_rpc_url
+    w3 = web3(url)
     settlement = settlement_contract(w3, deployment.settlement)
-    for account in todo:
-        acct = Account.from_key(account_key(account))
-        set_balance(w3, acct.address, 10**22)
-        for symbol, token_address in sorted(deployment.tokens.items()):
-            if symbols is not None and symbol not in symbols:
-                continue
+    signers = [Account.from_key(account_key(a)) for a in todo]
+    rpc_batch(url, [("anvil_setBalance", [a.address, hex(10**22)]) for a in signers])
+    tokens = {s: token_contract(w3, t) for s, t in deployment.tokens.items() if symbols is None or s in symbols}
+    nonces = [int(n, 16) for n in rpc_batch(url, [("eth_getTransactionCount", [a.address, "pending"]) for a in signers])]
+    base = int(w3.eth.get_block("latest")["baseFeePerGas"])
+    calls: list[tuple[str, list[Any]]] = []
+    for signer, nonce in zip(signers, nonces, strict=True):
+        for symbol, token in sorted(tokens.items()):
             amount = whole_tokens * 10 ** assets[symbol].decimals
-            token = token_contract(w3, token_address)
-            gas = {"gas": 120_000}
-            sender.send(acct, {"to": token.address, "data": token.encode_abi("mint", [acct.address, amount]), **gas})
-            sender.send(acct, {"to": token.address,
-                               "data": token.encode_abi("approve", [settlement.address, amount]), **gas})
-            sender.send(acct, {"to": settlement.address,
-                               "data": settlement.encode_abi("deposit", [token.address, amount]), **gas})
-    sender.wait()
+            for to, data in ((token.address, token.encode_abi("mint", [signer.address, amount])),
+                             (token.address, token.encode_abi("approve", [settlement.address, amount])),
+                             (settlement.address, settlement.encode_abi("deposit", [token.address, amount]))):
+                # Sent by the node on the account's behalf (anvil impersonation): no Python signing,
+                # which costs ~8 ms per transaction with the pure-Python secp256k1 backend.
+                calls.append(("eth_sendTransaction", [{
+                    "from": signer.address, "to": to, "data": data, "gas": hex(120_000), "nonce": hex(nonce),
+                    "maxFeePerGas": hex(4 * base + 10**9), "maxPriorityFeePerGas": hex(10**9)}]))
+                nonce += 1
+    automine = bool(rpc_batch(url, [("anvil_getAutomine", [])])[0])
+    rpc_batch(url, [("evm_setAutomine", [False]), ("anvil_autoImpersonateAccount", [True])])
+    try:
+        hashes = rpc_batch(url, calls)
+        for _ in range(len(calls) // 100 + 20):
+            rpc_batch(url, [("anvil_mine", ["0x1"])])
+            if int(rpc_batch(url, [("txpool_status", [])])[0]["pending"], 16) == 0:
+                break
+    finally:
+        rpc_batch(url, [("anvil_autoImpersonateAccount", [False]), ("evm_setAutomine", [automine])])
+    receipts = rpc_batch(url, [("eth_getTransactionReceipt", [h]) for h in hashes])
+    bad = [h for h, r in zip(hashes, receipts, strict=True) if r is None or int(r["status"], 16) != 1]
+    if bad:
+        raise SettlementError(f"{len(bad)} funding transactions failed or are missing (first {bad[0]})")
     if symbols is None:  # partially funded accounts stay eligible for a full funding later
         deployment.funded = sorted(set(deployment.funded) | set(todo))
     deployment.save(deployment_path(settings))

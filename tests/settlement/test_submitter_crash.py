@@ -10,6 +10,7 @@ import sys
 
 import psycopg
 import pytest
+from web3.exceptions import TransactionNotFound
 
 from connectors.settlement.chain import settlement_contract
 from connectors.settlement.reconcile import reconcile
@@ -64,12 +65,19 @@ def test_sigkill_between_send_and_receipt_loses_nothing_and_settles_once(stage: 
             first.kill()
     rows = _rows(stage)
     assert rows[0][1] == "SUBMITTED" and rows[0][2] is not None  # written ahead, then killed
-    receipt_exists = True
-    try:
-        stage.w3.eth.get_transaction_receipt(rows[0][2])
-    except Exception:
-        receipt_exists = False
-    assert receipt_exists == (crash_point == "settle-after-send")
+    tx_hash = rows[0][2]
+
+    def known() -> bool:
+        try:
+            stage.w3.eth.get_transaction(tx_hash)
+        except TransactionNotFound:
+            return False
+        return True
+
+    if crash_point == "settle-after-send":  # broadcast, then killed: the chain has it
+        wait_for(known, 10, "the broadcast transaction to reach the node")
+    else:  # killed after the write-ahead record, before the broadcast
+        assert not known()
 
     second = _start(stage, "run-2.log")
     try:
