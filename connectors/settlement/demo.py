@@ -71,7 +71,7 @@ def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
                 raise SettlementError(f"settlement did not finalize within {timeout_s:.0f}s: "
                                       + ", ".join(f"{r.market}#{r.batch_seq}={r.state}" for r in rows))
             if not progressed:
-                mine(settings)  # anvil mines only on transactions: finality needs blocks
+                mine(settings, 4)  # anvil mines only on transactions: finality needs blocks
         rows = submitter.rows()
     finally:
         submitter.close()

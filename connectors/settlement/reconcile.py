@@ -34,7 +34,7 @@ from connectors.settlement.batcher import (
     trade_deltas,
     trade_leaf,
 )
-from connectors.settlement.chain import Deployment, finalized_block, settlement_contract, web3
+from connectors.settlement.chain import Deployment, finalized_block, rpc_batch, settlement_contract, web3
 from connectors.settlement.economics import MarketUnits, account_address, market_id
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.serde.codec import Codec
@@ -184,8 +184,12 @@ def reconcile(settings: Settings, deployment: Deployment, units: dict[str, Marke
             if i in log:
                 for a, s, v in trade_deltas(log[i], units[b.market], config):
                     expected[(account_address(a), deployment.tokens[s])] += v
-    for (account, token), amount in sorted(expected.items()):
-        got_balance = int(contract.functions.balanceOf(account, token).call())
+    pairs = sorted(expected.items())
+    results = rpc_batch(settings.chain_rpc_url, [
+        ("eth_call", [{"to": contract.address, "data": contract.encode_abi("balanceOf", [a, t])}, hex(tip)])
+        for (a, t), _ in pairs])
+    for ((account, token), amount), result in zip(pairs, results, strict=True):
+        got_balance = int(result, 16)
         report.balances_checked += 1
         if got_balance != amount:
             report.mismatches.append(f"balance of {account} in {token}: chain {got_balance}, trade log {amount}")
