@@ -63,7 +63,8 @@ class EngineProcess:
             "EXCHANGE_ENGINE_GROUP": group,
             "EXCHANGE_TOPIC_PREFIX": ns.prefix,
             "EXCHANGE_ENGINE_TRANSACTIONAL_PREFIX": f"{group}-txn",
-            "EXCHANGE_ENGINE_SESSION_TIMEOUT_MS": "6000",
+            # Long enough that a broker slowed by a loaded machine does not expire healthy members.
+            "EXCHANGE_ENGINE_SESSION_TIMEOUT_MS": "10000",
             **(env or {}),
         }
         self.args = args or []

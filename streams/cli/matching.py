@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from streams.cli.errors import guarded
+from streams.cli.errors import fail, guarded
 from streams.settings import load_settings
 
 
@@ -21,7 +21,7 @@ def run(
     """Consume orders.commands and match, exactly once, until SIGTERM/SIGINT."""
     from streams.markets import MarketRegistry
     from streams.observability import get_logger, serve_metrics
-    from streams.processors.matching import MatchingConfig, MatchingProcessor
+    from streams.processors.matching import ConsumerFatal, MatchingConfig, MatchingProcessor
     from streams.serde.codec import Codec
     from streams.services.kafka import KafkaCluster
 
@@ -44,5 +44,9 @@ def run(
     processor = MatchingProcessor(config, MarketRegistry.load(settings.markets_file),
                                   Codec(schema_registry_url=settings.schema_registry_url))
     get_logger("matching").info("engine starting", instance=config.instance_id, bootstrap=config.bootstrap)
-    processor.run()
+    try:
+        processor.run()
+    except ConsumerFatal as error:
+        get_logger("matching").error("engine stopping: fatal consumer error", error=str(error))
+        raise fail(f"fatal consumer error: {error}", code=3) from None
     get_logger("matching").info("engine stopped", processed=processor.processed)

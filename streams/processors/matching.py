@@ -66,6 +66,10 @@ from streams.serde.topics import (
 log = get_logger("matching")
 
 
+class ConsumerFatal(RuntimeError):
+    """The group consumer hit a fatal error (e.g. fenced static member); the process must restart."""
+
+
 @dataclass(frozen=True)
 class MatchingConfig:
     bootstrap: str
@@ -203,9 +207,14 @@ class MatchingProcessor:
                 idle_since = time.monotonic()
                 by_partition: dict[int, list[Message]] = {}
                 for message in messages:
-                    if message.error() is not None:
-                        if message.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("consume error", error=message.error().str())
+                    error = message.error()
+                    if error is not None:
+                        if error.fatal():
+                            # e.g. another consumer took this instance id: stop rather than fight it
+                            # (a supervisor restarts the process, which then rejoins cleanly).
+                            raise ConsumerFatal(error.str())
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consume error", error=error.str())
                         continue
                     by_partition.setdefault(message.partition(), []).append(message)
                 # Skip partitions revoked meanwhile, or fetched before a rewind: the owner reprocesses them.
