@@ -18,13 +18,17 @@ from connectors.settlement.errors import SettlementError
 from streams.markets import MarketRegistry
 from streams.settings import Settings
 
+MAX_LINES = 12
+
 
 def ensure_deployment(settings: Settings, assets: dict[str, Asset], reuse: bool = True) -> Deployment:
     """The namespace's deployment when it still exists on the chain, else a new one."""
     path = deployment_path(settings)
+    w3 = web3(settings.chain_rpc_url)
+    if not w3.is_connected():
+        raise SettlementError(f"no chain answers at {settings.chain_rpc_url} (start it with `xchg up`)")
     if reuse and path.exists():
         deployment = Deployment.load(path)
-        w3 = web3(settings.chain_rpc_url)
         if int(w3.eth.chain_id) == deployment.chain_id and len(w3.eth.get_code(deployment.settlement)) > 0 \
                 and set(deployment.tokens) == set(assets):
             return deployment
@@ -54,6 +58,7 @@ def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
     BatchService(settings, deployment, units, run).run()
 
     submitter = Submitter(settings, deployment).acquire()
+    already = {(r.market, r.batch_seq) for r in submitter.rows() if r.state == FINALIZED}
     try:
         # Everything the batcher emitted, read back now (the submitter's group consumer may still be
         # joining; ingestion is idempotent, so it re-reading the same batches later is harmless).
@@ -73,15 +78,22 @@ def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
             if not progressed:
                 mine(settings, 4)  # anvil mines only on transactions: finality needs blocks
         rows = submitter.rows()
+        halts = submitter.db.execute("select market, batch_seq, reason from settlement_halts where deployment = %s",
+                                     (deployment.settlement,)).fetchall()
     finally:
         submitter.close()
     report = reconcile(settings, deployment, units)
+    new = [r for r in rows if (r.market, r.batch_seq) not in already]
     lines = [f"settlement: {len(rows)} batches, {sum(r.last_trade_id - r.first_trade_id + 1 for r in rows)} trades, "
-             f"contract {deployment.settlement}"]
-    for r in rows:
+             f"contract {deployment.settlement}; settled now: {len(new)} batches"]
+    shown = new[:MAX_LINES] if new else rows[-1:]
+    if len(new) > MAX_LINES:
+        lines.append(f"  (first {MAX_LINES} of {len(new)} new batches)")
+    for r in shown:
         tx = r.tx_hash.hex() if r.tx_hash else "-"
         lines.append(f"  {r.market} batch {r.batch_seq} trades {r.first_trade_id}..{r.last_trade_id} {r.state} "
                      f"tx 0x{tx} gas {r.gas_used}")
+    lines.extend(f"  HALTED {m} at batch {seq}: {reason} (fix, then `xchg settle resume {m}`)" for m, seq, reason in halts)
     lines.append(report.text())
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ def test_settle_and_report_settles_a_partial_batch_and_reconciles(stage: Stage) 
     assert "reconciliation OK" in text, text
     # Running it again settles nothing new and still reconciles.
     again = settle_and_report(stage.settings, timeout_s=60)
-    assert "2 batches" in again and "reconciliation OK" in again
+    assert "2 batches" in again and "settled now: 0 batches" in again and "reconciliation OK" in again
 
 
 def _xchg(stage: Stage, *args: str, deployment: str | None = None) -> subprocess.CompletedProcess[str]:
