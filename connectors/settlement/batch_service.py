@@ -40,6 +40,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from connectors.settlement.batcher import Batch, BatchConfig, Batcher, Chain, MarketCursor, TradeIn
 from connectors.settlement.chain import Deployment
 from connectors.settlement.economics import MarketUnits, account_address
+from connectors.settlement.errors import SettlementError
 from streams.observability import get_logger
 from streams.runtime.clients import consumer_config, producer_config
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
@@ -68,7 +69,7 @@ def batch_config(settings: Settings) -> BatchConfig:
 def _partitions(consumer: Consumer, topic: str) -> list[int]:
     meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
-        raise KafkaException(f"topic {topic} not found")
+        raise SettlementError(f"topic {topic} not found (xchg topics apply)")
     return sorted(meta.partitions)
 
 

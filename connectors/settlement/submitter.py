@@ -45,7 +45,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer, TopicPartition
 from eth_hash.auto import keccak
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
@@ -134,7 +134,10 @@ class Submitter:
             raise SettlementError(f"operator key is {self.operator.address}, the deployment's operator is "
                                   f"{deployment.operator} (EXCHANGE_SETTLEMENT_OPERATOR_KEY / namespace)")
         self.chain = Chain(account_address, deployment.tokens)
-        self.db = psycopg.connect(settings.writer_dsn(), autocommit=True)
+        try:
+            self.db = psycopg.connect(settings.writer_dsn(), autocommit=True)
+        except psycopg.OperationalError as error:
+            raise SettlementError(f"database unreachable: {str(error).splitlines()[0]}") from None
         self.lock_db: psycopg.Connection[Any] | None = None
         self.epoch = 0
         self.ns = settings.namespace
@@ -335,10 +338,25 @@ class Submitter:
     def settled(self) -> bool:
         return all(r.state == FINALIZED for r in self.rows())
 
-    def run(self, stop: Any = None, idle_exit_s: float | None = None, poll_s: float = 0.2) -> None:
+    def run(self, stop: Any = None, idle_exit_s: float | None = None, poll_s: float = 0.2,
+            max_backoff_s: float = 30.0) -> None:
+        """Step until ``stop()``; transient node or broker errors are retried with a capped
+        exponential backoff (state lives in the database, so a retried step is safe); a lost
+        database session or a fence ends the run."""
+        import requests
+
         idle_since = time.monotonic()
+        backoff = poll_s
         while not (stop and stop()):
-            if self.step():
+            try:
+                progressed = self.step()
+            except (requests.RequestException, Web3RPCError, TimeoutError, KafkaException) as error:
+                log.warning("step failed; retrying", error=str(error)[:300], backoff_s=backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+                continue
+            backoff = poll_s
+            if progressed:
                 idle_since = time.monotonic()
                 continue
             if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s and self.settled():
