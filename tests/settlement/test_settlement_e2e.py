@@ -102,3 +102,34 @@ def test_a_new_deployment_batches_afresh_beside_the_old_one(stage: Stage) -> Non
     assert new_batches == stage.batches(trades)
     assert [(b.first_trade_id, b.last_trade_id) for b in old_batches] == [(1, 1000), (1001, 1200)]
     assert {b.batch_hash for b in old_batches}.isdisjoint(b.batch_hash for b in new_batches)
+
+
+def test_reconciliation_reports_every_mismatch(stage: Stage) -> None:
+    import dataclasses
+
+    from connectors.settlement.batcher import ZERO32
+
+    trades = stage.trades(2000)
+    batches = stage.batches(trades)
+    stage.produce_trades(trades)
+    sub = stage.submitter().acquire()
+    try:
+        sub.ingest(batches[:1])
+        stage.drive(sub, lambda: sub.settled())
+    finally:
+        sub.close()
+    # The topic holds batch 1 with a forged root (its event still carries the true one) and a
+    # batch 2 whose deltas were tampered with and whose chaining is broken.
+    forged = dataclasses.replace(batches[0], merkle_root=b"\x01" * 32)
+    deltas = ((batches[1].deltas[0][0], batches[1].deltas[0][1], batches[1].deltas[0][2] + 1), *batches[1].deltas[1:])
+    tampered = dataclasses.replace(batches[1], deltas=deltas, prev_batch_hash=ZERO32)
+    stage.produce_batches([forged, tampered])
+    report = reconcile(stage.settings, stage.deployment, stage.units)
+    text = "\n".join(report.mismatches)
+    assert not report.ok
+    assert "BTC-USD batch 1 (1..1000): Merkle root differs from the trade log's" in text
+    assert "BTC-USD batch 1 (1..1000): batch_hash does not match its contents" in text
+    assert "differs from the batch record" in text  # the on-chain event vs the forged record
+    assert "BTC-USD batch 2 (1001..2000): prev_batch_hash does not chain" in text
+    assert "BTC-USD batch 2 (1001..2000): net deltas differ from the trade log's" in text
+    assert report.events == 1 and report.balances_checked > 0
