@@ -8,7 +8,10 @@ receipts' ``gasUsed`` (intrinsic and calldata gas included). No Kafka or databas
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 from connectors.settlement.batcher import BatchConfig, Chain, TradeIn, form_batches, onchain_deltas
@@ -24,13 +27,22 @@ from connectors.settlement.economics import account_address, check_markets, load
 from connectors.settlement.errors import SettlementError
 from connectors.settlement.workload import synthetic_trades
 from streams.markets import MarketRegistry
-from streams.settings import load_settings
+from streams.settings import Settings, load_settings
 
 
 def run(trades: int = 3000, accounts: int = 100, market: str = "BTC-USD") -> dict[str, Any]:
     base = load_settings()
+    scratch = Path(tempfile.mkdtemp(prefix="xchg-bench-settle-"))
     settings = base.model_copy(update={"topic_prefix": f"bench-settle-{uuid.uuid4().hex[:8]}.",
-                                       "settlement_operator_key": None, "settlement_deployment_file": None})
+                                       "settlement_operator_key": None,
+                                       "settlement_deployment_file": scratch / "deployment.json"})
+    try:
+        return _run(settings, trades, accounts, market)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(settings: Settings, trades: int, accounts: int, market: str) -> dict[str, Any]:
     assets = load_assets(settings.settlement_assets_file)
     units = check_markets(MarketRegistry.load(settings.markets_file), assets)
     deployment = deploy(settings, assets)
