@@ -59,7 +59,7 @@ def demo(commands: int = typer.Option(20_000, help="commands to produce"),
     processor = MatchingProcessor(
         MatchingConfig(bootstrap=bootstrap, group_id=settings.engine_group, instance_id="demo",
                        transactional_prefix=settings.engine_transactional_prefix, idle_exit_s=3.0,
-                       snapshot_every=settings.engine_snapshot_every, hash_every=settings.engine_hash_every,
+                       snapshot_every=settings.engine_snapshot_every,
                        namespace=ns),
         registry, codec)
     started = time.monotonic()

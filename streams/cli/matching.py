@@ -13,8 +13,8 @@ def run(
     instance: str | None = typer.Option(None, help="static group member id (default EXCHANGE_ENGINE_INSTANCE_ID)"),
     batch_size: int | None = typer.Option(None, help="commands per transaction at most"),
     linger_ms: int | None = typer.Option(None, help="wait at most this long to fill a batch"),
-    snapshot_every: int | None = typer.Option(None, help="snapshot a partition every N commands"),
-    hash_every: int | None = typer.Option(None, help="publish state hashes every N commands"),
+    snapshot_every: int | None = typer.Option(
+        None, help="snapshot a partition (and publish its state hashes) every N commands"),
     max_runtime: float | None = typer.Option(None, help="stop after this many seconds"),
     idle_exit: float | None = typer.Option(None, help="stop after this many seconds without input"),
 ) -> None:
@@ -34,7 +34,6 @@ def run(
         batch_size=batch_size or settings.engine_batch_size,
         linger_ms=settings.engine_linger_ms if linger_ms is None else linger_ms,
         snapshot_every=snapshot_every or settings.engine_snapshot_every,
-        hash_every=hash_every or settings.engine_hash_every,
         session_timeout_ms=settings.engine_session_timeout_ms,
         max_runtime_s=max_runtime,
         idle_exit_s=idle_exit,

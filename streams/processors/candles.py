@@ -9,8 +9,8 @@ State is one JSON-able dict per market (the faust table value, see ``streams.pro
 - A candle is *final* when the first trade of a later window of the same market and interval
   arrives: the closed candle is emitted again with ``final = True``, then the new window's candle.
 - Trades with ``trade_id <= last`` were already folded (an at-least-once replay after a restart)
-  and change nothing. ``closed`` keeps the last ``KEEP_CLOSED`` closed candles per interval so a
-  restarted processor can re-publish the updates a crash may have lost (``replay_candles``).
+  and change nothing. ``closed`` can keep the last ``KEEP_CLOSED`` closed candles per interval for
+  ``replay_candles`` (0: the processor orders its writes so that it never needs them).
 
 Candles are plain dicts in the shape of ``xchg.v1.Candle`` except ``quote_volume``, an ``int``
 here (JSON keeps big integers exact); ``to_record`` makes the Avro ``Decimal``.
@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 INTERVALS: dict[str, int] = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
-KEEP_CLOSED = 8
+KEEP_CLOSED = 0  # the processor acknowledges candles before state (no replay history needed)
 
 Candle = dict[str, Any]
 State = dict[str, Any]
@@ -59,9 +59,10 @@ def fold(state: State, trade: Mapping[str, Any]) -> list[Candle]:
         if current is not None and window > current["window_start"]:
             closed = dict(current, final=True)
             out.append(closed)
-            history = state["closed"].setdefault(interval, [])
-            history.append(closed)
-            del history[:-KEEP_CLOSED]
+            if KEEP_CLOSED:
+                history = state["closed"].setdefault(interval, [])
+                history.append(closed)
+                del history[:-KEEP_CLOSED]
             current = None
         if current is None:
             current = _start(trade, interval, length)

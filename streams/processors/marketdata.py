@@ -15,12 +15,13 @@ Design (see design.md §1: derived data is computed once, here, and everything e
 - Every update is published to ``md.candles`` keyed by market: the open candle of each interval
   after every trade, and the closed candle again with ``final = true`` when a later window starts.
 - Recovery: the table is restored from its changelog topic (``<app id>-candles-changelog``; the
-  app id carries the namespace prefix). faust commits input offsets after the changelog writes, so
-  after a crash the table can be *ahead* of the committed offsets: the replayed trades have
-  ``trade_id <= last`` and are skipped (no double counting), and on the first such trade per market
-  the processor re-publishes the candles those trades produced (closed ones it still keeps and the
-  open ones), so an update lost with the crash reaches ``md.candles`` anyway (no gaps). Consumers
-  (the sink) upsert candles by (market, interval, window_start), so a repeat changes nothing.
+  app id carries the namespace prefix). Per trade the processor (1) publishes the candle updates
+  and waits for the broker's acknowledgement, (2) sends the new state to the changelog, and faust
+  (3) commits the input offset later, after flushing its producer. After a crash, therefore,
+  committed offset <= changelog <= published candles: the re-read trades with
+  ``trade_id <= last`` are skipped (no double counting; their candles are already published), the
+  rest are folded again from the recovered state and re-published (the same candles: a repeat,
+  which consumers upsert by (market, interval, window_start)). Nothing is lost or counted twice.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import faust
 
 from streams.observability import get_logger
-from streams.processors.candles import fold, new_state, replay_candles, to_record
+from streams.processors.candles import fold, new_state, to_record
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec, DecodeError
 from streams.serde.topics import MD_CANDLES, TRADES
@@ -88,7 +89,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         producer_acks=-1,
-        producer_linger=0.005,
+        producer_linger=0.0,
         table_standby_replicas=0,
         key_serializer="raw",
         value_serializer="raw",
@@ -98,13 +99,14 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
     candles = app.topic(config.namespace(MD_CANDLES), key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=config.partitions)
     table = app.Table("candles", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
-    replayed: set[str] = set()
+    changelog = table.changelog_topic
     cache: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
 
-    def publish(key: bytes, updates: list[dict[str, Any]]) -> None:
-        # Buffered sends: faust flushes its producer before it commits the input offsets.
-        for candle in updates:
-            candles.send_soon(key=key, value=codec.encode(MD_CANDLES, to_record(candle)))
+    async def publish(key: bytes, updates: list[dict[str, Any]]) -> None:
+        """Publish and wait until the broker has every update (see the module doc: ordering)."""
+        pending = [await candles.send(key=key, value=codec.encode(MD_CANDLES, to_record(candle)))
+                   for candle in updates]
+        await asyncio.gather(*pending)
         stats.published += len(updates)
 
     @app.agent(trades)
@@ -131,16 +133,19 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                 state = json.loads(stored)
             updates = fold(state, trade)
             if not updates:
-                stats.skipped += 1
-                if market not in replayed:
-                    replayed.add(market)
-                    publish(key, replay_candles(state, trade["trade_id"]))
+                stats.skipped += 1  # already folded before a restart; its candles were published then
                 continue
+            # Candles first, acknowledged; then the state. So a state in the changelog implies its
+            # candles are on md.candles, and the input offset (committed after faust flushes the
+            # producer) never passes the changelog. The changelog record is sent here rather than
+            # through ``table[key] = ...``, which queues it in faust's send_soon buffer, whose flush
+            # gives up after 0.1 s.
+            await publish(key, updates)
             encoded = json.dumps(state, separators=(",", ":")).encode()
-            table[key] = encoded
+            table.data[key] = encoded
+            await changelog.send(key=key, value=encoded, partition=event.message.partition)
             cache[key] = (encoded, state)
             stats.trades += 1
-            publish(key, updates)
 
     if config.idle_exit_s is not None:
         idle = config.idle_exit_s

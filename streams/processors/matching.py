@@ -5,7 +5,8 @@ Per input partition *p* the processor owns a ``PartitionState`` and a transactio
 the stable id ``<prefix>-p<p>``: whoever initialises that id last owns *p*'s output, and the
 previous owner is fenced (its later commits fail). Every batch of *p*:
 
-    begin → produce outputs (+ snapshot every N commands, + hashes every H)
+    begin → produce outputs (+ a snapshot and its state hashes, encoded in the background
+          every N commands: see ``streams.runtime.snapshotter``)
           → send_offsets_to_transaction(p, next offset, group metadata) → commit
 
 Error handling is by class (``KafkaError.fatal/retriable/txn_requires_abort``), never by text:
@@ -50,6 +51,7 @@ from streams.runtime.namespace import DEFAULT, Namespace
 from streams.runtime.partition import PartitionState, Processed
 from streams.runtime.records import REJECT_W, event_record, trade_record
 from streams.runtime.recovery import recover
+from streams.runtime.snapshotter import BackgroundSnapshot, SnapshotRecords, encode_snapshot
 from streams.serde.codec import Codec
 from streams.serde.topics import (
     DLQ_ORDERS_COMMANDS,
@@ -78,8 +80,7 @@ class MatchingConfig:
     transactional_prefix: str = "xchg-engine"
     batch_size: int = 2000
     linger_ms: int = 5
-    snapshot_every: int = 100_000
-    hash_every: int = 20_000
+    snapshot_every: int = 50_000  # per partition; each snapshot also publishes the state hashes
     session_timeout_ms: int = 10_000
     commit_timeout_s: float = 30.0
     max_runtime_s: float | None = None  # stop after this long (benchmarks, demos)
@@ -90,11 +91,12 @@ class MatchingConfig:
 class _Owned:
     """An owned partition: its state, its producer and what the current batch produced."""
 
-    def __init__(self, state: PartitionState, producer: Producer) -> None:
+    def __init__(self, state: PartitionState, producer: Producer, snapshot_offset: int | None) -> None:
         self.state = state
         self.producer = producer
+        self.snapshot_offset = snapshot_offset  # next_offset of the newest snapshot produced
         self.since_snapshot = 0
-        self.since_hash = 0
+        self.pending: BackgroundSnapshot | None = None  # a snapshot being encoded by a child
         self.book_seq: dict[str, int] = {}  # last seq published on md.book per market (0: none yet)
 
 
@@ -152,7 +154,7 @@ class MatchingProcessor:
         log.info("partition recovered", partition=partition, snapshot_offset=report.snapshot_offset,
                  committed=committed, replayed=report.replayed, hashes_checked=report.hashes_checked,
                  seconds=round(time.monotonic() - started, 3))
-        owned = _Owned(state, producer)
+        owned = _Owned(state, producer, report.snapshot_offset)
         self.owned[partition] = owned
         OWNED_PARTITIONS.set(len(self.owned))
         return owned
@@ -161,6 +163,8 @@ class MatchingProcessor:
         owned = self.owned.pop(partition, None)
         OWNED_PARTITIONS.set(len(self.owned))
         if owned is not None:
+            if owned.pending is not None:
+                owned.pending.cancel()
             # Nothing is pending between batches; a fenced producer raises here, harmlessly.
             with contextlib.suppress(KafkaException):
                 owned.producer.flush(0)
@@ -226,13 +230,10 @@ class MatchingProcessor:
     def close(self) -> None:
         """Graceful stop: snapshot every owned partition (a fast restart), then leave."""
         for partition, owned in list(self.owned.items()):
-            if owned.since_snapshot or owned.since_hash:
+            if owned.snapshot_offset != owned.state.next_offset:
                 try:
                     owned.producer.begin_transaction()
-                    self._publish_hashes(owned.producer, partition, owned.state)
-                    self._produce(owned.producer, ENGINE_SNAPSHOTS, str(partition).encode(),
-                                  self.codec.encode(ENGINE_SNAPSHOTS, owned.state.snapshot_record()),
-                                  partition=partition)
+                    self._produce_snapshot(owned.producer, encode_snapshot(owned.state, self.codec))
                     self._commit(owned.producer)
                 except KafkaException as exc:
                     log.warning("final snapshot failed", partition=partition, error=str(exc))
@@ -374,16 +375,20 @@ class MatchingProcessor:
         COMMANDS.labels(str(partition)).inc(processed)
         self.processed += processed  # counted when staged: a failed batch is processed again
         owned.since_snapshot += processed
-        owned.since_hash += processed
         crash_point("after-produce")
-        if owned.since_hash >= self.config.hash_every:
-            self._publish_hashes(producer, partition, state)
-            owned.since_hash = 0
-        if owned.since_snapshot >= self.config.snapshot_every:
-            self._produce(producer, ENGINE_SNAPSHOTS, str(partition).encode(),
-                          encode(ENGINE_SNAPSHOTS, state.snapshot_record()), partition=partition)
+        if owned.pending is not None:
+            try:
+                ready = owned.pending.poll()
+            except RuntimeError as error:
+                log.warning("background snapshot failed; another follows", partition=partition, error=str(error))
+                owned.pending, ready = None, None
+            if ready is not None:
+                owned.pending = None
+                self._produce_snapshot(producer, ready)
+                crash_point("during-snapshot")
+        if owned.pending is None and owned.since_snapshot >= self.config.snapshot_every:
+            owned.pending = BackgroundSnapshot(state, self.codec)
             owned.since_snapshot = 0
-            crash_point("during-snapshot")
         return oldest_ts
 
     def _commit(self, producer: Producer) -> None:
@@ -423,13 +428,16 @@ class MatchingProcessor:
             owned.book_seq[market] = engine.seq
             self._produce(producer, MD_BOOK, market.encode(), self.codec.encode(MD_BOOK, record))
 
-    def _publish_hashes(self, producer: Producer, partition: int, state: PartitionState) -> None:
-        for market in sorted(state.engines):
-            engine = state.engines[market]
-            record = {"market": market, "seq": engine.seq, "input_offset": state.next_offset - 1,
-                      "state_hash": engine.state_hash()}
-            self._produce(producer, ENGINE_HASHES, market.encode(), self.codec.encode(ENGINE_HASHES, record),
-                          partition=partition)
+    def _produce_snapshot(self, producer: Producer, records: SnapshotRecords) -> None:
+        """The snapshot to ``engine.snapshots`` and its hashes to ``engine.hashes``, both in the
+        input partition's own partition, inside the open transaction."""
+        partition = records.partition
+        owned = self.owned.get(partition)
+        if owned is not None:
+            owned.snapshot_offset = records.next_offset
+        self._produce(producer, ENGINE_SNAPSHOTS, str(partition).encode(), records.snapshot, partition=partition)
+        for key, value in records.hashes:
+            self._produce(producer, ENGINE_HASHES, key, value, partition=partition)
 
     def _produce(self, producer: Producer, topic: str, key: bytes | None, value: bytes,
                  partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:

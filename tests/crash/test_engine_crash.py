@@ -38,7 +38,7 @@ from tests.pipeline import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 PARTITIONS = 4
-ENGINE_ARGS = ["--snapshot-every", "3000", "--hash-every", "1000", "--batch-size", "500"]
+ENGINE_ARGS = ["--snapshot-every", "1500", "--batch-size", "500"]
 
 
 def assert_exactly_once(stage: Stage, codec: Codec) -> None:
@@ -118,8 +118,7 @@ def test_sigkill_at_random_moments(stage: Stage, codec: Codec, log_dir: Path, un
 @pytest.mark.parametrize("point", ["after-produce:3", "during-snapshot:1"])
 def test_named_crash_points(point: str, stage: Stage, codec: Codec, log_dir: Path) -> None:
     Load(stage, count=12_000, rate=None, seed=12).start().join()
-    process = engine(stage, "crashpt-1", log_dir, ["--snapshot-every", "2000", "--hash-every", "1000",
-                                                   "--batch-size", "500"])
+    process = engine(stage, "crashpt-1", log_dir, ["--snapshot-every", "1000", "--batch-size", "500"])
     for _ in range(3):
         process.start({"XCHG_CRASH_POINT": point})
         assert process.proc is not None

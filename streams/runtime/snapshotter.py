@@ -1,0 +1,102 @@
+"""Snapshots (and the state hashes that come with them) for one partition.
+
+Encoding a snapshot walks the whole state (every resting order and every order id the market has
+used) and costs a pause proportional to it: hundreds of milliseconds for a busy market. Taken
+inline it would stall every command behind it. ``BackgroundSnapshot`` therefore forks: the child
+encodes the state as it was at the fork (a command boundary; copy-on-write memory) and sends the
+finished records through a pipe, while the parent keeps matching. The parent produces them in
+whichever transaction is open when they arrive; that transaction commits input offsets at or past
+the snapshot's ``next_offset``, which is all recovery needs (it loads the newest snapshot whose
+``next_offset`` does not pass the committed offset).
+
+The child only computes and writes to the pipe, then ``os._exit``s: it touches no Kafka client,
+runs no atexit handler and flushes no inherited buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pickle
+import signal
+from dataclasses import dataclass
+
+from streams.runtime.partition import PartitionState
+from streams.serde.codec import Codec
+from streams.serde.topics import ENGINE_HASHES, ENGINE_SNAPSHOTS
+
+
+@dataclass(frozen=True)
+class SnapshotRecords:
+    """Encoded values ready to produce: the snapshot (key = partition) and one hash per market."""
+
+    partition: int
+    next_offset: int
+    snapshot: bytes
+    hashes: list[tuple[bytes, bytes]]  # (market key, StateHash value)
+
+
+def encode_snapshot(state: PartitionState, codec: Codec) -> SnapshotRecords:
+    """The snapshot of ``state`` now, with the per-market hashes it computed on the way."""
+    record = state.snapshot_record()
+    hashes = [
+        (m["market"].encode(), codec.encode(ENGINE_HASHES, {
+            "market": m["market"], "seq": m["seq"], "input_offset": state.next_offset - 1,
+            "state_hash": m["state_hash"]}))
+        for m in record["markets"]
+    ]
+    return SnapshotRecords(state.partition, state.next_offset, codec.encode(ENGINE_SNAPSHOTS, record), hashes)
+
+
+class BackgroundSnapshot:
+    """A snapshot being encoded by a forked child; ``poll()`` returns it once complete."""
+
+    def __init__(self, state: PartitionState, codec: Codec) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: encode, write, exit without running any parent cleanup
+            code = 0
+            try:
+                os.close(read_fd)
+                payload = pickle.dumps(encode_snapshot(state, codec), protocol=pickle.HIGHEST_PROTOCOL)
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(write_fd, view):]
+            except BaseException:  # the child reports failure by its exit status only
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self.pid, self.fd = pid, read_fd
+        self.chunks: list[bytes] = []
+        self.next_offset = state.next_offset
+
+    def poll(self) -> SnapshotRecords | None:
+        """The records once the child has finished; None while it is still working.
+        Raises ``RuntimeError`` if the child failed (the caller simply takes another one later)."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except OSError as error:
+                if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return None
+                raise
+            if not chunk:
+                break
+            self.chunks.append(chunk)
+        os.close(self.fd)
+        _, status = os.waitpid(self.pid, 0)
+        if status != 0 or not self.chunks:
+            raise RuntimeError(f"snapshot child {self.pid} failed (status {status})")
+        records: SnapshotRecords = pickle.loads(b"".join(self.chunks))
+        return records
+
+    def cancel(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
