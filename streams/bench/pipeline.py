@@ -164,7 +164,7 @@ def passthrough(stage: Stage, batch_size: int, report: Callable[[str], None]) ->
         by_partition: dict[int, list[Any]] = {}
         for message in messages:
             if message.error() is None:
-                by_partition.setdefault(message.partition(), []).append(message)
+                by_partition.setdefault(message.partition() or 0, []).append(message)
         for p, batch in by_partition.items():
             producer = producers[p]
             producer.begin_transaction()
@@ -267,7 +267,7 @@ def latency(
         scheduled: dict[str, float] = {}
         count = int(rate * seconds)
         load = produce_flow(
-            make_producer(stage.bootstrap, **{"linger.ms": 1}),
+            make_producer(stage.bootstrap, None, **{"linger.ms": 1}),
             Codec(),
             _flow(stage.settings, 2),
             count,

@@ -66,6 +66,7 @@ class Stats:
     skipped: int = 0
     published: int = 0
     undecodable: int = 0
+    gaps: int = 0
     last_event: float = 0.0
     started: float = 0.0
     first_trade: float = 0.0
@@ -100,6 +101,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                         key_serializer="raw", value_serializer="raw", partitions=config.partitions)
     table = app.Table("candles", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
     changelog = table.changelog_topic
+    recovery = app.tables.recovery
     cache: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
 
     async def publish(key: bytes, updates: list[dict[str, Any]]) -> None:
@@ -123,6 +125,11 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                 continue
             market = trade["market"]
             key = market.encode()
+            if not recovery.completed.is_set():
+                # Never read the table before faust has restored it from the changelog (after a
+                # restart events can arrive first): a stale state would double count or lose trades.
+                await recovery.completed.wait()
+                cache.clear()
             stored = table.get(key)
             cached = cache.get(key)
             if stored is None:
@@ -131,6 +138,10 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                 state = cached[1]  # the table still holds what this worker wrote: skip parsing it
             else:
                 state = json.loads(stored)
+            if trade["trade_id"] > state["last"] + 1:
+                stats.gaps += 1
+                log.error("trade ids skip: trades missing from the input or the state", market=market,
+                          expected=state["last"] + 1, got=trade["trade_id"])
             updates = fold(state, trade)
             if not updates:
                 stats.skipped += 1  # already folded before a restart; its candles were published then

@@ -220,7 +220,7 @@ class MatchingProcessor:
                         if error.code() != KafkaError._PARTITION_EOF:
                             log.warning("consume error", error=error.str())
                         continue
-                    by_partition.setdefault(message.partition(), []).append(message)
+                    by_partition.setdefault(message.partition() or 0, []).append(message)
                 # Skip partitions revoked meanwhile, or fetched before a rewind: the owner reprocesses them.
                 self._run_batches({p: batch for p, batch in by_partition.items()
                                    if p in self.owned and p not in recovered})
@@ -330,7 +330,7 @@ class MatchingProcessor:
         trades: dict[str, int] = {}
         oldest_ts: int | None = None
         for message in batch:
-            offset = message.offset()
+            offset: int = message.offset()  # type: ignore[assignment]  # never None for a consumed record
             if offset < state.next_offset:
                 continue  # already reflected (a re-delivery after a seek)
             ts = message.timestamp()[1]
@@ -356,21 +356,20 @@ class MatchingProcessor:
                     produce(events_topic, value, key)
                 except BufferError:
                     self._produce(producer, ORDERS_EVENTS, key, value)
-                kind = type(event)
-                if kind is Trade:
+                if isinstance(event, Trade):
                     trades[market] = trades.get(market, 0) + 1
                     value = encode(TRADES_TOPIC, trade_record(market, event, command_id, partition, offset))
                     try:
                         produce(trades_topic, value, key)
                     except BufferError:
                         self._produce(producer, TRADES_TOPIC, key, value)
-                elif kind is OrderRejected:
+                elif isinstance(event, OrderRejected):
                     REJECTS.labels(REJECT_W[event.reason]).inc()
         # Metrics once per batch: per-command observations would cost more than the matching.
         for market, count in trades.items():
             TRADES.labels(market).inc(count)
         if touched:
-            self._publish_book(producer, partition, owned, touched, batch[-1].offset())
+            self._publish_book(producer, partition, owned, touched, batch[-1].offset() or 0)
         processed = len(batch)
         COMMANDS.labels(str(partition)).inc(processed)
         self.processed += processed  # counted when staged: a failed batch is processed again

@@ -140,7 +140,7 @@ def recover(
                 hashes.setdefault(recorded.input_offset, []).append(recorded)
         total = target - state.next_offset
         for message in read_range(consumer, ns(ORDERS_COMMANDS), partition, state.next_offset, target):
-            offset = message.offset()
+            offset: int = message.offset()  # type: ignore[assignment]  # never None for a consumed record
             state.process(offset, message.value(), message.timestamp()[1])
             report.replayed += 1
             for recorded in hashes.get(offset, ()):

@@ -92,7 +92,8 @@ def check_outcomes(bootstrap: str, codec: Codec, ns: Namespace = DEFAULT) -> Out
         dead_sources: Counter[str] = Counter()
         for message in read_topic(consumer, ns(DLQ_ORDERS_COMMANDS)):
             headers = dict(message.headers() or [])
-            dead_sources[headers.get("xchg.source", b"").decode()] += 1
+            source = headers.get("xchg.source", b"")
+            dead_sources[source.decode() if isinstance(source, bytes) else str(source)] += 1
         report.dead_letters = sum(dead_sources.values())
         for message in read_topic(consumer, ns(ORDERS_COMMANDS)):
             report.commands += 1

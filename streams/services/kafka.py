@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
@@ -58,7 +59,7 @@ class KafkaCluster:
             raise ServiceError(f"--brokers must be 1 or 3, not {self.brokers}")
 
     # -- layout -----------------------------------------------------------------------------------
-    def _recorded(self) -> dict[str, object] | None:
+    def _recorded(self) -> dict[str, Any] | None:
         try:
             data = json.loads((self.root / "cluster.json").read_text())
         except (FileNotFoundError, ValueError):
@@ -193,8 +194,9 @@ class KafkaCluster:
 
     def describe(self, timeout: float = 5.0) -> dict[str, object] | None:
         """Cluster id and live brokers from an admin metadata call, or None when unreachable."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers(), "log_level": 0,
-                             "logger": _silent_logger()})
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers(), "log_level": 0,
+                                  "logger": _silent_logger()}
+        admin = AdminClient(config)
         try:
             meta = admin.list_topics(timeout=timeout)
         except Exception:
