@@ -422,12 +422,15 @@ class Submitter:
             (tx_hash, self.key, row.market, row.batch_seq, self.operator.address, nonce, fees.max_fee_per_gas,
              fees.priority_fee, gas, raw))
 
-    def _broadcast(self, raw: bytes) -> None:
+    def _broadcast(self, raw: bytes) -> bool:
+        """Send a signed transaction; False when the node refuses it ("already known", "nonce too
+        low" = already mined, fee too low ...): the watch loop decides what that means."""
         try:
             self.w3.eth.send_raw_transaction(raw)
         except (Web3RPCError, ValueError) as error:
-            # "already known", "nonce too low" (already mined), fee too low: the watch loop decides.
             log.warning("broadcast refused", error=str(error)[:200])
+            return False
+        return True
 
     def _refused(self, row: Row, refused: tuple[str, tuple[Any, ...]]) -> bool:
         name, args = refused
@@ -498,8 +501,15 @@ class Submitter:
         try:
             self.w3.eth.get_transaction(row.tx_hash)  # type: ignore[arg-type]
         except TransactionNotFound:
-            if current is not None:  # written ahead but never broadcast (a crash), or dropped: resend
-                self._broadcast(current)
+            # Written ahead but never broadcast (a crash), or dropped by the node: send it again.
+            # If the node takes it, the inclusion clock restarts from now (the replacement rule
+            # is about transactions the node had); if it refuses it (e.g. priced out after a base
+            # fee spike), the clock runs on and the replacement below follows.
+            if current is not None and self._broadcast(current):
+                self.db.execute("update settlement_batches set sent_block = %s where deployment = %s and market = %s"
+                                " and batch_seq = %s", (tip, self.key, row.market, row.batch_seq))
+                row.sent_block = tip
+                return False
         if row.sent_block is None or tip - row.sent_block < self.settings.settlement_replace_after_blocks:
             return False
         return self._replace(row, tip)

@@ -99,7 +99,7 @@ def test_gas_spike_replaces_the_pending_transaction_with_higher_fees(stage: Stag
         stage.rpc("anvil_setNextBlockBaseFeePerGas", [hex(spike)])
         stage.mine()
         assert sub._receipt(first.tx_hash) is None  # priced out of the spiked block
-        stage.drive(sub, lambda: sub.rows()[0].state == REPLACED, mine=False)
+        stage.drive(sub, lambda: sub.rows()[0].state == REPLACED)  # (blocks keep coming; none can include it)
         replaced = sub.rows()[0]
         assert replaced.bumps >= 1 and replaced.max_fee_per_gas is not None
         assert replaced.max_fee_per_gas >= first.max_fee_per_gas * 9 // 8
