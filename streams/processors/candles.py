@@ -2,7 +2,7 @@
 
 State is one JSON-able dict per market (the faust table value, see ``streams.processors.marketdata``):
 
-``{"last": <last trade_id folded>, "open": {interval: candle}, "closed": {interval: [candle, ...]}}``
+``{"last": <last trade_id folded>, "ts": <its time>, "open": {interval: candle}, "closed": {interval: [...]}}``
 
 - Event time is the trade time (``ts``, ms since the epoch, UTC); a trade belongs to the window
   ``[ts - ts % length, +length)`` of each interval.
@@ -51,6 +51,7 @@ def fold(state: State, trade: Mapping[str, Any]) -> list[Candle]:
     if trade_id <= state["last"]:
         return []
     state["last"] = trade_id
+    state["ts"] = trade["ts"]
     out: list[Candle] = []
     ts, price, qty = trade["ts"], trade["price"], trade["qty"]
     for interval, length in INTERVALS.items():

@@ -67,9 +67,28 @@ class Stats:
     published: int = 0
     undecodable: int = 0
     gaps: int = 0
+    refetched: int = 0
     last_event: float = 0.0
     started: float = 0.0
     first_trade: float = 0.0
+
+
+def read_trades(config: MarketDataConfig, codec: Codec, topic: str, partition: int, start: int,
+                end: int) -> list[dict[str, Any]]:
+    """The decodable trades at offsets ``start <= offset < end`` of one partition (committed ones)."""
+    from streams.runtime.reader import read_range, standalone_consumer
+
+    consumer = standalone_consumer(config.bootstrap)
+    found: list[dict[str, Any]] = []
+    try:
+        for message in read_range(consumer, topic, partition, start, end):
+            try:
+                found.append(codec.decode(TRADES, message.value()))
+            except DecodeError:
+                continue
+    finally:
+        consumer.close()
+    return found
 
 
 def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
@@ -111,52 +130,76 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
         await asyncio.gather(*pending)
         stats.published += len(updates)
 
+    progress: dict[int, int] = {}  # partition -> next input offset folded (also in the table)
+
+    async def apply(trade: dict[str, Any], partition: int) -> None:
+        """Fold one trade: publish its candle updates (acknowledged), then store the state."""
+        market = trade["market"]
+        key = market.encode()
+        stored = table.get(key)
+        cached = cache.get(key)
+        if stored is None:
+            state = new_state()
+        elif cached is not None and cached[0] is stored:
+            state = cached[1]  # the table still holds what this worker wrote: skip parsing it
+        else:
+            state = json.loads(stored)
+        if trade["trade_id"] > state["last"] + 1:
+            # Trade ids are gap-free per market: the state lacks trades before this one.
+            stats.gaps += 1
+            log.error("trade ids skip in the input", market=market, expected=state["last"] + 1,
+                      got=trade["trade_id"])
+        updates = fold(state, trade)
+        if not updates:
+            stats.skipped += 1  # already folded before a restart; its candles were published then
+            return
+        # Candles first, acknowledged; then the state. The changelog record is sent here rather
+        # than through ``table[key] = ...``, which queues it in faust's send_soon buffer (whose
+        # flush gives up after 0.1 s).
+        await publish(key, updates)
+        encoded = json.dumps(state, separators=(",", ":")).encode()
+        table.data[key] = encoded
+        await changelog.send(key=key, value=encoded, partition=partition)
+        cache[key] = (encoded, state)
+        stats.trades += 1
+
     @app.agent(trades)
     async def process(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             stats.last_event = time.monotonic()
             if not stats.first_trade:
                 stats.first_trade = stats.last_event
+            if not recovery.completed.is_set():
+                # Never read the table before faust has restored it from the changelog.
+                await recovery.completed.wait()
+                cache.clear()
+                progress.clear()
+            topic, partition, offset = event.message.topic, event.message.partition, event.message.offset
+            progress_key = f"__progress__:{partition}".encode()
+            expected = progress.get(partition)
+            if expected is None:
+                stored = table.get(progress_key)
+                expected = int(stored) if stored else None
+            if expected is not None and offset > expected:
+                # The input position passed records this processor never folded (faust can commit
+                # offsets ahead of processing around a crash): fold them from the topic first.
+                skipped = read_trades(config, codec, topic, partition, expected, offset)
+                stats.refetched += len(skipped)
+                log.warning("input records skipped by the consumer: folded from the topic", partition=partition,
+                            expected=expected, got=offset, records=len(skipped))
+                for earlier in skipped:
+                    await apply(earlier, partition)
             try:
                 trade = codec.decode(TRADES, event.value)
             except DecodeError as error:
                 stats.undecodable += 1
-                log.warning("undecodable trade skipped", reason=error.reason, offset=event.message.offset)
-                continue
-            market = trade["market"]
-            key = market.encode()
-            if not recovery.completed.is_set():
-                # Never read the table before faust has restored it from the changelog (after a
-                # restart events can arrive first): a stale state would double count or lose trades.
-                await recovery.completed.wait()
-                cache.clear()
-            stored = table.get(key)
-            cached = cache.get(key)
-            if stored is None:
-                state = new_state()
-            elif cached is not None and cached[0] is stored:
-                state = cached[1]  # the table still holds what this worker wrote: skip parsing it
+                log.warning("undecodable trade skipped", reason=error.reason, offset=offset)
             else:
-                state = json.loads(stored)
-            if trade["trade_id"] > state["last"] + 1:
-                stats.gaps += 1
-                log.error("trade ids skip: trades missing from the input or the state", market=market,
-                          expected=state["last"] + 1, got=trade["trade_id"])
-            updates = fold(state, trade)
-            if not updates:
-                stats.skipped += 1  # already folded before a restart; its candles were published then
-                continue
-            # Candles first, acknowledged; then the state. So a state in the changelog implies its
-            # candles are on md.candles, and the input offset (committed after faust flushes the
-            # producer) never passes the changelog. The changelog record is sent here rather than
-            # through ``table[key] = ...``, which queues it in faust's send_soon buffer, whose flush
-            # gives up after 0.1 s.
-            await publish(key, updates)
-            encoded = json.dumps(state, separators=(",", ":")).encode()
-            table.data[key] = encoded
-            await changelog.send(key=key, value=encoded, partition=event.message.partition)
-            cache[key] = (encoded, state)
-            stats.trades += 1
+                await apply(trade, partition)
+            if expected is None or offset + 1 > expected:
+                progress[partition] = offset + 1
+                table.data[progress_key] = str(offset + 1).encode()
+                await changelog.send(key=progress_key, value=table.data[progress_key], partition=partition)
 
     if config.idle_exit_s is not None:
         idle = config.idle_exit_s
