@@ -38,12 +38,16 @@ is stored with the offsets (``sink_book_state``) so a restart resumes it exactly
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
+import sys
 import threading
 import time
+import types
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -96,6 +100,7 @@ class SinkConfig:
     retry_wait_max_s: float = 2.0
     schema_registry_url: str | None = None
     skip_before_ms: int | None = None  # rebuild --since: records with an earlier event time are ignored
+    decode_process: bool = True  # decode part of each large batch in a helper process
 
 
 @dataclass
@@ -134,6 +139,44 @@ class _Batch:
     rejected: list[_Rejected] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # physical topic, partition → next
     records: int = 0
+
+
+MIN_REMOTE_DECODE = 2000
+_worker_codec: Codec | None = None
+
+
+def _init_decoder(schema_registry_url: str | None) -> None:
+    global _worker_codec
+    _worker_codec = Codec(schema_registry_url=schema_registry_url)
+
+
+def _start_decoder(schema_registry_url: str | None) -> ProcessPoolExecutor:
+    """A one-process decode pool, started now. spawn, not fork: this process runs librdkafka and
+    psycopg threads. The child must not re-run this process's ``__main__`` (``python -m
+    streams.cli`` would start the CLI again), so the main module is hidden while it starts."""
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_decoder, initargs=(schema_registry_url,))
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        pool.submit(decode_values, [])
+    finally:
+        sys.modules["__main__"] = main
+    return pool
+
+
+def decode_values(items: list[tuple[str, bytes]], codec: Codec | None = None) -> list[tuple[Any, Any]]:
+    """``(logical topic, value)`` for each decoded item, ``(None, (reason, detail))`` for a failure."""
+    codec = codec or _worker_codec
+    assert codec is not None
+    decode = codec.decode
+    out: list[tuple[Any, Any]] = []
+    for logical, data in items:
+        try:
+            out.append((logical, decode(logical, data)))
+        except DecodeError as error:
+            out.append((None, (error.reason, str(error))))
+    return out
 
 
 def _dumps(value: Any) -> str:
@@ -182,6 +225,7 @@ class TimescaleSink:
         self.pending: tuple[Future[dict[str, int]], _Batch, int] | None = None
         self.logical: dict[str, str] = {}
         self.stopping = False
+        self.decoder: ProcessPoolExecutor | None = None
         self.trade_seq = SequenceTracker()
         self.event_seq = SequenceTracker()
         self.known_trade_markets: set[str] = set()
@@ -346,17 +390,34 @@ class TimescaleSink:
     def _prepare(self, messages: Sequence[Message], conn: psycopg.Connection[Any]) -> _Batch:
         batch = _Batch()
         decoded: list[tuple[str, Message, dict[str, Any]]] = []
+        items: list[tuple[str, bytes]] = []
         for message in messages:
-            batch.records += 1
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            batch.offsets[(topic, partition)] = offset + 1
+            topic = message.topic()
+            batch.offsets[(topic, message.partition())] = message.offset() + 1
             logical = self.logical.get(topic)
             if logical is None:
                 logical = self.logical[topic] = self.ns.logical(topic)
-            try:
-                value = self.codec.decode(logical, message.value())
-            except DecodeError as error:
-                batch.rejected.append(_Rejected(message, f"undecodable:{error.reason}", str(error)))
+            items.append((logical, message.value()))
+        batch.records = len(messages)
+        # Decoding is the largest cost: with a decode process, it takes the first part of a large
+        # batch while this thread decodes the rest (decoding is pure; the order is kept).
+        split = 0
+        remote = None
+        if self.decoder is not None and len(items) >= 2 * MIN_REMOTE_DECODE:
+            split = len(items) * 9 // 20
+            remote = self.decoder.submit(decode_values, items[:split])
+        local = decode_values(items[split:], self.codec)
+        try:
+            results = (remote.result() if remote is not None else []) + local
+        except BrokenProcessPool:
+            self.log.warning("decode process failed: decoding in this process from now on")
+            self.decoder = None
+            results = decode_values(items[:split], self.codec) + local
+        for message, result in zip(messages, results, strict=True):
+            logical, value = result
+            if logical is None:
+                reason, detail = value
+                batch.rejected.append(_Rejected(message, f"undecodable:{reason}", detail))
                 continue
             decoded.append((logical, message, value))
         self._resume_sequence(conn, {v["market"] for t, _, v in decoded if t == TRADES}, events=False)
@@ -604,6 +665,8 @@ class TimescaleSink:
 
     # -- main loop ------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.config.decode_process:
+            self.decoder = _start_decoder(self.config.schema_registry_url)
         stored = self._with_db("load_state", self._load_state)
         self.consumer = Consumer(consumer_config(
             self.config.bootstrap, f"{self.config.name}-reader", **{
@@ -671,6 +734,7 @@ class TimescaleSink:
         started = last_input = time.monotonic()
         last_report = started
         self.stopping = False
+        self.decoder: ProcessPoolExecutor | None = None
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._stop_signal)
@@ -707,6 +771,9 @@ class TimescaleSink:
                 self._drain()
         finally:
             self.writer.shutdown(wait=True)
+            if self.decoder is not None:
+                self.decoder.shutdown(wait=False, cancel_futures=True)
+                self.decoder = None
             self._close_clients()
 
     def _close_clients(self) -> None:
