@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -145,8 +146,17 @@ MIN_REMOTE_DECODE = 2000
 _worker_codec: Codec | None = None
 
 
-def _init_decoder(schema_registry_url: str | None) -> None:
+def _init_decoder(schema_registry_url: str | None, parent: int) -> None:
     global _worker_codec
+    if os.getppid() != parent:
+        os._exit(0)
+
+    def watch_parent() -> None:  # a SIGKILLed sink cannot stop its helper: the helper notices
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     _worker_codec = Codec(schema_registry_url=schema_registry_url)
 
 
@@ -155,7 +165,7 @@ def _start_decoder(schema_registry_url: str | None) -> ProcessPoolExecutor:
     psycopg threads. The child must not re-run this process's ``__main__`` (``python -m
     streams.cli`` would start the CLI again), so the main module is hidden while it starts."""
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_decoder, initargs=(schema_registry_url,))
+                               initializer=_init_decoder, initargs=(schema_registry_url, os.getpid()))
     main = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")
     try:
