@@ -143,6 +143,7 @@ class _Batch:
 
 
 MIN_REMOTE_DECODE = 2000
+REMOTE_SHARE = 0.6  # of a large batch decoded by the helper process while this one decodes the rest
 _worker_codec: Codec | None = None
 
 
@@ -414,7 +415,7 @@ class TimescaleSink:
         split = 0
         remote = None
         if self.decoder is not None and len(items) >= 2 * MIN_REMOTE_DECODE:
-            split = len(items) * 9 // 20
+            split = int(len(items) * REMOTE_SHARE)
             remote = self.decoder.submit(decode_values, items[:split])
         local = decode_values(items[split:], self.codec)
         try:
