@@ -63,7 +63,8 @@ def _trades(n: int, seed: int = 42) -> list[dict[str, Any]]:
 
 
 def _produce(bootstrap: str, topic: str, records: list[dict[str, Any]], codec: Codec) -> None:
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 20, "batch.num.messages": 10000}))
+    overrides: dict[str, Any] = {"linger.ms": 20, "batch.num.messages": 10000}
+    producer = Producer(producer_config(bootstrap, None, **overrides))
     for i, record in enumerate(records):
         producer.produce(topic, key=record["market"].encode(), value=codec.encode(TRADES, record))
         if i % 5000 == 0:

@@ -38,20 +38,15 @@ is stored with the offsets (``sink_book_state``) so a restart resumes it exactly
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import signal
-import sys
 import threading
 import time
-import types
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import stamina
@@ -101,7 +96,6 @@ class SinkConfig:
     retry_wait_max_s: float = 2.0
     schema_registry_url: str | None = None
     skip_before_ms: int | None = None  # rebuild --since: records with an earlier event time are ignored
-    decode_process: bool = True  # decode part of each large batch in a helper process
 
 
 @dataclass
@@ -142,44 +136,8 @@ class _Batch:
     records: int = 0
 
 
-MIN_REMOTE_DECODE = 2000
-REMOTE_SHARE = 0.6  # of a large batch decoded by the helper process while this one decodes the rest
-_worker_codec: Codec | None = None
-
-
-def _init_decoder(schema_registry_url: str | None, parent: int) -> None:
-    global _worker_codec
-    if os.getppid() != parent:
-        os._exit(0)
-
-    def watch_parent() -> None:  # a SIGKILLed sink cannot stop its helper: the helper notices
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
-    _worker_codec = Codec(schema_registry_url=schema_registry_url)
-
-
-def _start_decoder(schema_registry_url: str | None) -> ProcessPoolExecutor:
-    """A one-process decode pool, started now. spawn, not fork: this process runs librdkafka and
-    psycopg threads. The child must not re-run this process's ``__main__`` (``python -m
-    streams.cli`` would start the CLI again), so the main module is hidden while it starts."""
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_decoder, initargs=(schema_registry_url, os.getpid()))
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        pool.submit(decode_values, [])
-    finally:
-        sys.modules["__main__"] = main
-    return pool
-
-
-def decode_values(items: list[tuple[str, bytes]], codec: Codec | None = None) -> list[tuple[Any, Any]]:
+def decode_values(items: list[tuple[str, bytes]], codec: Codec) -> list[tuple[Any, Any]]:
     """``(logical topic, value)`` for each decoded item, ``(None, (reason, detail))`` for a failure."""
-    codec = codec or _worker_codec
-    assert codec is not None
     decode = codec.decode
     out: list[tuple[Any, Any]] = []
     for logical, data in items:
@@ -236,7 +194,6 @@ class TimescaleSink:
         self.pending: tuple[Future[dict[str, int]], _Batch, int] | None = None
         self.logical: dict[str, str] = {}
         self.stopping = False
-        self.decoder: ProcessPoolExecutor | None = None
         self.trade_seq = SequenceTracker()
         self.event_seq = SequenceTracker()
         self.known_trade_markets: set[str] = set()
@@ -403,27 +360,14 @@ class TimescaleSink:
         decoded: list[tuple[str, Message, dict[str, Any]]] = []
         items: list[tuple[str, bytes]] = []
         for message in messages:
-            topic = message.topic()
-            batch.offsets[(topic, message.partition())] = message.offset() + 1
+            topic = cast(str, message.topic())
+            batch.offsets[(topic, cast(int, message.partition()))] = cast(int, message.offset()) + 1
             logical = self.logical.get(topic)
             if logical is None:
                 logical = self.logical[topic] = self.ns.logical(topic)
-            items.append((logical, message.value()))
+            items.append((logical, cast(bytes, message.value())))
         batch.records = len(messages)
-        # Decoding is the largest cost: with a decode process, it takes the first part of a large
-        # batch while this thread decodes the rest (decoding is pure; the order is kept).
-        split = 0
-        remote = None
-        if self.decoder is not None and len(items) >= 2 * MIN_REMOTE_DECODE:
-            split = int(len(items) * REMOTE_SHARE)
-            remote = self.decoder.submit(decode_values, items[:split])
-        local = decode_values(items[split:], self.codec)
-        try:
-            results = (remote.result() if remote is not None else []) + local
-        except BrokenProcessPool:
-            self.log.warning("decode process failed: decoding in this process from now on")
-            self.decoder = None
-            results = decode_values(items[:split], self.codec) + local
+        results = decode_values(items, self.codec)
         for message, result in zip(messages, results, strict=True):
             logical, value = result
             if logical is None:
@@ -666,7 +610,7 @@ class TimescaleSink:
             m = r.message
             self.dlq.produce(self.ns(DLQ_SINK), key=m.key(), value=m.value(), headers=[
                 ("reason", r.reason.encode()), ("detail", r.detail[:1000].encode()),
-                ("source_topic", m.topic().encode()), ("source_partition", str(m.partition()).encode()),
+                ("source_topic", str(m.topic()).encode()), ("source_partition", str(m.partition()).encode()),
                 ("source_offset", str(m.offset()).encode())])
         remaining = self.dlq.flush(30)
         if remaining:
@@ -676,8 +620,6 @@ class TimescaleSink:
 
     # -- main loop ------------------------------------------------------------------------------
     def start(self) -> None:
-        if self.config.decode_process:
-            self.decoder = _start_decoder(self.config.schema_registry_url)
         stored = self._with_db("load_state", self._load_state)
         self.consumer = Consumer(consumer_config(
             self.config.bootstrap, f"{self.config.name}-reader", **{
@@ -745,7 +687,6 @@ class TimescaleSink:
         started = last_input = time.monotonic()
         last_report = started
         self.stopping = False
-        self.decoder: ProcessPoolExecutor | None = None
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._stop_signal)
@@ -782,9 +723,6 @@ class TimescaleSink:
                 self._drain()
         finally:
             self.writer.shutdown(wait=True)
-            if self.decoder is not None:
-                self.decoder.shutdown(wait=False, cancel_futures=True)
-                self.decoder = None
             self._close_clients()
 
     def _close_clients(self) -> None:
