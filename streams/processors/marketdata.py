@@ -120,7 +120,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                         key_serializer="raw", value_serializer="raw", partitions=config.partitions)
     table = app.Table("candles", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
     changelog = table.changelog_topic
-    recovery = app.tables.recovery
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
     cache: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
 
     async def publish(key: bytes, updates: list[dict[str, Any]]) -> None:
@@ -204,10 +204,10 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
     if config.idle_exit_s is not None:
         idle = config.idle_exit_s
 
-        @app.timer(interval=0.5)
+        @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
         async def idle_check() -> None:
             # The idle clock runs only while every assigned trades partition is fetched to its end.
-            ready = not app.rebalancing and app.tables.recovery.completed.is_set()
+            ready = not app.rebalancing and recovery.completed.is_set()
             tps = [tp for tp in app.consumer.assignment() if tp.topic == trades.get_topic_name()] if ready else []
             for tp in tps:
                 high, position = app.consumer.highwater(tp), await app.consumer.position(tp)
@@ -220,11 +220,11 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                 log.info("idle, stopping", trades=stats.trades, skipped=stats.skipped, published=stats.published)
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report() -> None:
         log.info("progress", trades=stats.trades, skipped=stats.skipped, published=stats.published)
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def started() -> None:
         await asyncio.sleep(0)
         log.info("marketdata started", app_id=config.app_id)
