@@ -14,7 +14,8 @@ pytestmark = pytest.mark.integration
 
 def _create_topic(bootstrap: str, name: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)]).values():
+    # replication_factor -1: the broker's default, sized to the cluster (1 locally, 3 with --brokers 3)
+    for future in admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=-1)]).values():
         future.result(30)
 
 
