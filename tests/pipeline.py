@@ -51,7 +51,10 @@ def fresh_namespace(bootstrap: str, name: str) -> Namespace:
 
 
 class EngineProcess:
-    """One ``xchg engine run`` OS process with per-test group settings."""
+    """One ``xchg engine run`` OS process with per-test group settings. Every instance is listed
+    in ``EngineProcess.started`` so a fixture can kill leftovers when a test fails midway."""
+
+    started: list[EngineProcess] = []  # noqa: RUF012 - a registry shared by design
 
     def __init__(self, bootstrap: str, ns: Namespace, group: str, instance: str, log_dir: Path,
                  env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
@@ -69,6 +72,7 @@ class EngineProcess:
         }
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
+        EngineProcess.started.append(self)
 
     def start(self, extra_env: dict[str, str] | None = None) -> EngineProcess:
         self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0

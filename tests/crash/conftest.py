@@ -15,7 +15,7 @@ from streams.runtime.clients import make_producer
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec
 from streams.settings import load_settings
-from tests.pipeline import fresh_namespace
+from tests.pipeline import EngineProcess, fresh_namespace
 
 
 @dataclass(frozen=True)
@@ -68,3 +68,13 @@ def log_dir(request: pytest.FixtureRequest, unique: str) -> Iterator[Path]:
     path = load_settings().runtime_dir / "test-logs" / f"{request.node.name}-{unique}"
     path.mkdir(parents=True, exist_ok=True)
     yield path
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_engines() -> Iterator[None]:
+    """A test that fails midway must not leave engine processes running into the next one."""
+    yield
+    while EngineProcess.started:
+        process = EngineProcess.started.pop()
+        if process.alive():
+            process.kill()
