@@ -66,6 +66,7 @@ from streams.serde.topics import (
 )
 
 log = get_logger("matching")
+SLOW_BATCH_S = 0.25  # a batch slower than this is logged with where its time went
 
 
 class ConsumerFatal(RuntimeError):
@@ -246,6 +247,7 @@ class MatchingProcessor:
         """Stage one transaction per partition (CPU work, in turn), then add the offsets and commit
         them together: those wait on broker round trips with the GIL released, so doing them in
         parallel keeps the partitions from queueing behind each other's round trips."""
+        started = time.monotonic()
         staged: list[tuple[int, _Owned, int | None]] = []
         for partition, batch in batches.items():
             owned = self.owned[partition]
@@ -253,6 +255,7 @@ class MatchingProcessor:
                 staged.append((partition, owned, self._stage(partition, owned, batch)))
             except KafkaException as exc:
                 self._fail(partition, owned, exc)
+        staged_at = time.monotonic()
         group = self.consumer.consumer_group_metadata()
         jobs = [(owned, TopicPartition(self.input_topic, partition, owned.state.next_offset), group)
                 for partition, owned, _ in staged]
@@ -260,6 +263,11 @@ class MatchingProcessor:
             outcomes = [self._try_commit(*jobs[0])]
         else:
             outcomes = list(self._committers.map(lambda job: self._try_commit(*job), jobs))
+        done = time.monotonic()
+        if done - started > SLOW_BATCH_S:
+            log.warning("slow batch", stage_ms=round((staged_at - started) * 1000, 1),
+                        commit_ms=round((done - staged_at) * 1000, 1),
+                        commands=sum(len(b) for b in batches.values()), partitions=len(batches))
         for (partition, owned, oldest_ts), error in zip(staged, outcomes, strict=True):
             if error is not None:
                 self._fail(partition, owned, error)
