@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from streams.cli.errors import fail
+
 app = typer.Typer(help="Benchmarks: each prints one JSON line of figures.", no_args_is_help=True)
 
 
@@ -36,8 +38,11 @@ def pipeline_bench(
     settings = load_settings()
     log_dir = settings.runtime_dir / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
-    result = run_pipeline(KafkaCluster(settings).bootstrap_servers(), settings, commands, batch_size, rate,
-                          seconds, str(log_dir), lambda m: typer.echo(m, err=True))
+    try:
+        result = run_pipeline(KafkaCluster(settings).bootstrap_servers(), settings, commands, batch_size, rate,
+                              seconds, str(log_dir), lambda m: typer.echo(m, err=True))
+    except RuntimeError as error:
+        raise fail(f"benchmark failed: {error}") from None
     typer.echo(json.dumps(result))
 
 
@@ -53,6 +58,9 @@ def recovery_bench(
     settings = load_settings()
     log_dir = settings.runtime_dir / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
-    result = run_recovery(KafkaCluster(settings).bootstrap_servers(), settings, commands, str(log_dir),
-                          lambda m: typer.echo(m, err=True))
+    try:
+        result = run_recovery(KafkaCluster(settings).bootstrap_servers(), settings, commands, str(log_dir),
+                              lambda m: typer.echo(m, err=True))
+    except RuntimeError as error:
+        raise fail(f"benchmark failed: {error}") from None
     typer.echo(json.dumps(result))

@@ -206,7 +206,9 @@ class MatchingProcessor:
                 # consume() has served any rebalance: recover failed partitions we still own.
                 recovered = self._recover_pending() if self.needs_recovery else set()
                 if not messages:
-                    if self.config.idle_exit_s and time.monotonic() - idle_since > self.config.idle_exit_s:
+                    if not self.owned:
+                        idle_since = time.monotonic()  # idle counts only once partitions are owned
+                    elif self.config.idle_exit_s and time.monotonic() - idle_since > self.config.idle_exit_s:
                         break
                     continue
                 idle_since = time.monotonic()
