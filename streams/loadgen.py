@@ -185,9 +185,9 @@ def produce_flow(
         due = start + i / rate if rate else time.monotonic()
         if rate:
             now = time.monotonic()
-            if now < due:
+            if due - now > 0.001:  # ahead by over a millisecond: wait (sends go out in ~1 ms bursts)
                 time.sleep(due - now)
-            else:
+            elif now > due:
                 late_max = max(late_max, now - due)
         value = encode(ORDERS_COMMANDS, command_to_record(market, cmd))
         while True:
