@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     engine_transactional_prefix: str = "xchg-engine"
     engine_batch_size: int = Field(default=2000, gt=0)
     engine_linger_ms: int = Field(default=5, ge=0)
-    engine_snapshot_every: int = Field(default=50_000, gt=0)
+    engine_snapshot_every: int = Field(default=25_000, gt=0)
     engine_session_timeout_ms: int = Field(default=10_000, ge=3000)
 
     # Settlement (xchg settle ...): batching, fees, finality, fee bumps (connectors/settlement).

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.loadgen import OrderFlow, produce_flow
@@ -238,9 +238,10 @@ def _wait_committed(stage: Stage, group: str, total: int, proc: subprocess.Popen
 class OutcomeWatcher(threading.Thread):
     """Reads orders.events (read_committed) and timestamps the first outcome of each command."""
 
-    def __init__(self, stage: Stage, sample: int = 1) -> None:
+    def __init__(self, stage: Stage, sample: int = 1, from_end: bool = False) -> None:
         super().__init__(daemon=True)
         self.stage = stage
+        self.from_end = from_end  # skip what is already in the topic (it only watches new commands)
         self.sample = sample  # decode one event in ``sample`` (by offset): the watcher shares the CPU
         self.seen: dict[str, float] = {}
         self.stop_flag = threading.Event()
@@ -257,7 +258,8 @@ class OutcomeWatcher(threading.Thread):
         )
         topic = self.stage.ns(ORDERS_EVENTS)
         # assign, not subscribe: no group join, so the watcher reads from the first event on.
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(self.stage.partitions())])
+        start = OFFSET_END if self.from_end else 0
+        consumer.assign([TopicPartition(topic, p, start) for p in range(self.stage.partitions())])
         self.ready.set()
         decode = self.codec.decode
         while not self.stop_flag.is_set():
@@ -375,8 +377,9 @@ def run_recovery(
         report(f"engine consumed {total} commands in {time.monotonic() - started:.1f}s; SIGKILL")
         proc.kill()
         proc.wait(30)
-        watcher = OutcomeWatcher(stage)
+        watcher = OutcomeWatcher(stage, from_end=True)
         watcher.start()
+        watcher.ready.wait(30)
         marker_flow = _flow(settings, 4)
         t0 = time.monotonic()
         proc = engine_process(stage, "bench-recovery", log)

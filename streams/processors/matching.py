@@ -81,7 +81,7 @@ class MatchingConfig:
     transactional_prefix: str = "xchg-engine"
     batch_size: int = 2000
     linger_ms: int = 5
-    snapshot_every: int = 50_000  # per partition; each snapshot also publishes the state hashes
+    snapshot_every: int = 25_000  # per partition; each snapshot also publishes the state hashes
     session_timeout_ms: int = 10_000
     commit_timeout_s: float = 30.0
     max_runtime_s: float | None = None  # stop after this long (benchmarks, demos)
