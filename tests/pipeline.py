@@ -16,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-
 from streams.markets import MarketRegistry
 from streams.runtime.namespace import Namespace
 from streams.runtime.partition import PartitionState
+from streams.runtime.reader import committed_total as reader_committed_total
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.runtime.records import event_record
 from streams.runtime.topic_admin import TopicAdmin, load_topic_file
@@ -116,19 +115,9 @@ class EngineProcess:
 
 
 def committed_total(bootstrap: str, ns: Namespace, group: str, partitions: int = 4) -> int:
-    """Sum of the group's committed input offsets (-1 if the broker does not answer in time).
-
-    read_uncommitted: a read_committed client asks for *stable* offsets, which the broker withholds
-    while any transaction of the group is pending; a progress probe wants the last decided ones."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "isolation.level": "read_uncommitted"})
-    try:
-        tps = consumer.committed([TopicPartition(ns(ORDERS_COMMANDS), p) for p in range(partitions)], timeout=5)
-    except KafkaException:
-        return -1
-    finally:
-        consumer.close()
-    return sum(max(tp.offset, 0) for tp in tps)
+    """Sum of the group's committed input offsets (-1 if the broker does not answer in time)."""
+    total = reader_committed_total(bootstrap, group, ns(ORDERS_COMMANDS), partitions)
+    return -1 if total is None else total
 
 
 def input_total(bootstrap: str, ns: Namespace, partitions: int = 4) -> int:

@@ -40,7 +40,7 @@ from streams.markets import MarketRegistry
 from streams.processors.matching import MatchingConfig, MatchingProcessor
 from streams.runtime.clients import consumer_config, make_producer, producer_config
 from streams.runtime.namespace import Namespace
-from streams.runtime.reader import standalone_consumer, watermarks
+from streams.runtime.reader import committed_total, standalone_consumer, watermarks
 from streams.runtime.topic_admin import TopicAdmin, load_topic_file
 from streams.serde.codec import Codec
 from streams.serde.topics import ORDERS_COMMANDS, ORDERS_EVENTS
@@ -221,18 +221,14 @@ def _wait_for_log(path: str, needle: str, proc: subprocess.Popen[bytes], timeout
 
 def _wait_committed(stage: Stage, group: str, total: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
     """Until ``group`` has committed ``total`` input offsets (or the engine died / time ran out)."""
-    probe = Consumer({"bootstrap.servers": stage.bootstrap, "group.id": group, "isolation.level": "read_uncommitted"})
-    tps = [TopicPartition(stage.ns(ORDERS_COMMANDS), p) for p in range(stage.partitions())]
     deadline = time.monotonic() + timeout
-    try:
-        while sum(max(tp.offset, 0) for tp in probe.committed(tps, timeout=30)) < total:
-            if proc.poll() is not None:
-                raise RuntimeError("the engine exited during the benchmark")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the engine did not consume {total} commands within {timeout:.0f}s")
-            time.sleep(0.2)
-    finally:
-        probe.close()
+    partitions = stage.partitions()
+    while (committed_total(stage.bootstrap, group, stage.ns(ORDERS_COMMANDS), partitions, 30) or 0) < total:
+        if proc.poll() is not None:
+            raise RuntimeError("the engine exited during the benchmark")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the engine did not consume {total} commands within {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 class OutcomeWatcher(threading.Thread):

@@ -79,3 +79,22 @@ def read_range(consumer: Consumer, topic: str, partition: int, start: int, end: 
                 raise ReadTimeout(f"{topic}[{partition}]: stuck at offset {position} before {end}")
     finally:
         consumer.unassign()
+
+
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 5.0) -> int | None:
+    """Sum of ``group``'s committed offsets on ``topic`` (partitions without one count 0), or
+    None when the broker does not answer in time.
+
+    read_uncommitted on purpose: a read_committed client asks for *stable* offsets, which the
+    broker withholds while any transaction of the group is pending; a progress probe wants the
+    last decided ones."""
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                      "isolation.level": "read_uncommitted"})
+    try:
+        offsets = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=timeout)
+    except KafkaException:
+        return None
+    finally:
+        probe.close()
+    return sum(max(tp.offset, 0) for tp in offsets)
+
