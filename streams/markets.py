@@ -10,9 +10,9 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from streams.config_files import read_section
 from streams.domain.market import MarketSpec, UnitError, from_units, to_units
 
 
@@ -90,14 +90,7 @@ class MarketRegistry:
 
     @classmethod
     def load(cls, path: Path) -> MarketRegistry:
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise RegistryError(f"market file {path} not found (EXCHANGE_MARKETS_FILE)") from None
-        except yaml.YAMLError as error:
-            raise RegistryError(f"market file {path} is not valid YAML: {error}") from None
-        if not isinstance(raw, dict) or not isinstance(raw.get("markets"), list):
-            raise RegistryError(f"market file {path}: expected a top-level 'markets:' list")
+        raw = read_section(path, "markets", list, "market file", "EXCHANGE_MARKETS_FILE", RegistryError)
         markets = []
         for index, entry in enumerate(raw["markets"]):
             try:

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 from eth_account import Account
 from eth_hash.auto import keccak
 
 from connectors.settlement.errors import SettlementError
+from streams.config_files import read_section
 from streams.markets import MarketConfig, MarketRegistry
 
 BPS = 10_000
@@ -49,12 +49,7 @@ class Asset:
 
 
 def load_assets(path: Path) -> dict[str, Asset]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SettlementError(f"asset file {path} not found (EXCHANGE_SETTLEMENT_ASSETS_FILE)") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("assets"), list):
-        raise SettlementError(f"asset file {path}: expected a top-level 'assets:' list")
+    raw = read_section(path, "assets", list, "asset file", "EXCHANGE_SETTLEMENT_ASSETS_FILE", SettlementError)
     assets: dict[str, Asset] = {}
     for entry in raw["assets"]:
         symbol, decimals = entry.get("symbol"), entry.get("decimals")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
@@ -23,6 +22,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streams.config_files import read_section
 
 
 class TopicFileError(ValueError):
@@ -50,14 +51,7 @@ class TopicSpec(BaseModel):
 
 def load_topic_file(path: Path, prefix: str = "") -> list[TopicSpec]:
     """The topic specs of the file; ``prefix`` places them in a namespace (see ``Namespace``)."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise TopicFileError(f"topic file {path} not found (EXCHANGE_TOPICS_FILE)") from None
-    except yaml.YAMLError as error:
-        raise TopicFileError(f"topic file {path} is not valid YAML: {error}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("topics"), dict):
-        raise TopicFileError(f"topic file {path}: expected 'topics:' mapping")
+    raw = read_section(path, "topics", dict, "topic file", "EXCHANGE_TOPICS_FILE", TopicFileError)
     defaults = raw.get("defaults") or {}
     specs = []
     for name, body in raw["topics"].items():
