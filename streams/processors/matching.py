@@ -175,6 +175,10 @@ class MatchingProcessor:
             owned = self._take(tp.partition)
             tp.offset = owned.state.next_offset
         consumer.incremental_assign(partitions)
+        # librdkafka keeps a partition's pause flag across revoke and re-assign: one paused by a
+        # failed transaction just before it was lost would otherwise never be fetched again.
+        if partitions:
+            consumer.resume(partitions)
         log.info("assigned", partitions=sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
