@@ -135,7 +135,11 @@ class MatchingProcessor:
             self.config.bootstrap, f"{self.config.transactional_prefix}-p{partition}",
             **{"linger.ms": 2, "queue.buffering.max.messages": 1_000_000,
                "queue.buffering.max.kbytes": 1_048_576, "message.max.bytes": 67_108_864,
-               "batch.size": 1_000_000},
+               "batch.size": 1_000_000,
+               # A transaction begun right after the previous commit meets CONCURRENT_TRANSACTIONS
+               # until the coordinator has written that commit's markers; librdkafka retries it
+               # after retry.backoff.ms (default 100 ms), which would put a floor under latency.
+               "retry.backoff.ms": 5, "retry.backoff.max.ms": 250},
         ))
         producer.init_transactions(self.config.commit_timeout_s)
         return producer
