@@ -66,7 +66,13 @@ def _produce(bootstrap: str, topic: str, records: list[dict[str, Any]], codec: C
     overrides: dict[str, Any] = {"linger.ms": 20, "batch.num.messages": 10000}
     producer = Producer(producer_config(bootstrap, None, **overrides))
     for i, record in enumerate(records):
-        producer.produce(topic, key=record["market"].encode(), value=codec.encode(TRADES, record))
+        key, value = record["market"].encode(), codec.encode(TRADES, record)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.05)
         if i % 5000 == 0:
             producer.poll(0)
     if producer.flush(60):

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import stamina
@@ -141,18 +141,6 @@ class _Batch:
     records: int = 0
 
 
-def decode_values(items: list[tuple[str, bytes]], codec: Codec) -> list[tuple[Any, Any]]:
-    """``(logical topic, value)`` for each decoded item, ``(None, (reason, detail))`` for a failure."""
-    decode = codec.decode
-    out: list[tuple[Any, Any]] = []
-    for logical, data in items:
-        try:
-            out.append((logical, decode(logical, data)))
-        except DecodeError as error:
-            out.append((None, (error.reason, str(error))))
-    return out
-
-
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default)
 
@@ -163,8 +151,12 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    """Milliseconds since the epoch as an aware UTC datetime (exact; faster than fromtimestamp)."""
+    return _EPOCH + timedelta(0, 0, 0, ms)
 
 
 class _Book:
@@ -363,25 +355,29 @@ class TimescaleSink:
     def _prepare(self, messages: Sequence[Message], conn: psycopg.Connection[Any]) -> _Batch:
         batch = _Batch()
         decoded: list[tuple[str, Message, dict[str, Any]]] = []
-        items: list[tuple[str, bytes]] = []
+        # One pass: offsets, decoding, the markets whose stored sequence must be known first.
+        offsets, logical_of, decode, rejected = batch.offsets, self.logical, self.codec.decode, batch.rejected
+        trade_markets: set[str] = set()
+        event_markets: set[str] = set()
         for message in messages:
-            topic = cast(str, message.topic())
-            batch.offsets[(topic, cast(int, message.partition()))] = cast(int, message.offset()) + 1
-            logical = self.logical.get(topic)
+            topic: str = message.topic()  # type: ignore[assignment]  # never None for a consumed record
+            offsets[(topic, message.partition())] = message.offset() + 1  # type: ignore[index,operator]
+            logical = logical_of.get(topic)
             if logical is None:
-                logical = self.logical[topic] = self.ns.logical(topic)
-            items.append((logical, cast(bytes, message.value())))
-        batch.records = len(messages)
-        results = decode_values(items, self.codec)
-        for message, result in zip(messages, results, strict=True):
-            logical, value = result
-            if logical is None:
-                reason, detail = value
-                batch.rejected.append(_Rejected(message, f"undecodable:{reason}", detail))
+                logical = logical_of[topic] = self.ns.logical(topic)
+            try:
+                value = decode(logical, message.value())
+            except DecodeError as error:
+                rejected.append(_Rejected(message, f"undecodable:{error.reason}", str(error)))
                 continue
             decoded.append((logical, message, value))
-        self._resume_sequence(conn, {v["market"] for t, _, v in decoded if t == TRADES}, events=False)
-        self._resume_sequence(conn, {v["market"] for t, _, v in decoded if t == ORDERS_EVENTS}, events=True)
+            if logical == TRADES:
+                trade_markets.add(value["market"])
+            elif logical == ORDERS_EVENTS:
+                event_markets.add(value["market"])
+        batch.records = len(messages)
+        self._resume_sequence(conn, trade_markets, events=False)
+        self._resume_sequence(conn, event_markets, events=True)
         interval_ms = self.config.book_snapshot_interval_s * 1000
         # Fast path for the common case, a trade that is the next of its market (the same
         # classification SequenceTracker.observe makes); everything else goes through _prepare_one.

@@ -32,6 +32,7 @@ def pipeline_bench(
 ) -> None:
     """Engine throughput with exactly-once, the transactional passthrough floor, and latency."""
     from streams.bench.pipeline import run_pipeline
+    from streams.runtime.collector import tune_for_streaming
     from streams.services.kafka import KafkaCluster
     from streams.settings import load_settings
 
@@ -39,6 +40,7 @@ def pipeline_bench(
     log_dir = settings.runtime_dir / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
+        tune_for_streaming()  # the in-process engine of the throughput phase runs as `xchg engine run`
         result = run_pipeline(KafkaCluster(settings).bootstrap_servers(), settings, commands, batch_size, rate,
                               seconds, str(log_dir), lambda m: typer.echo(m, err=True))
     except RuntimeError as error:

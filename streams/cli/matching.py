@@ -22,6 +22,7 @@ def run(
     from streams.markets import MarketRegistry
     from streams.observability import get_logger, serve_metrics
     from streams.processors.matching import ConsumerFatal, MatchingConfig, MatchingProcessor
+    from streams.runtime.collector import tune_for_streaming
     from streams.serde.codec import Codec
     from streams.services.kafka import KafkaCluster
 
@@ -43,6 +44,7 @@ def run(
     processor = MatchingProcessor(config, MarketRegistry.load(settings.markets_file),
                                   Codec(schema_registry_url=settings.schema_registry_url))
     get_logger("matching").info("engine starting", instance=config.instance_id, bootstrap=config.bootstrap)
+    tune_for_streaming()
     try:
         processor.run()
     except ConsumerFatal as error:

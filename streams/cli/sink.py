@@ -24,6 +24,7 @@ def timescale(
     """Write trades, order events, candles and L2 snapshots to PostgreSQL/TimescaleDB, exactly once."""
     from connectors.timescale.sink import SinkConfig, TimescaleSink, market_rows
     from streams.observability import get_logger, serve_metrics
+    from streams.runtime.collector import tune_for_streaming
     from streams.services.kafka import KafkaCluster
 
     settings = load_settings()
@@ -38,6 +39,7 @@ def timescale(
     serve_metrics(settings.metrics_port)
     sink = TimescaleSink(config, markets=market_rows(settings.markets_file))
     get_logger("sink").info("sink starting", sink=config.name, namespace=settings.namespace.prefix)
+    tune_for_streaming()
     stats = sink.run()
     get_logger("sink").info("sink stopped", records=stats.records, rows=dict(stats.rows),
                             duplicates=stats.duplicates, gaps=stats.gaps, dead_letters=stats.dead_letters)
@@ -51,5 +53,7 @@ def bench_sink(
 ) -> None:
     """End-to-end sink throughput vs raw COPY into the same database, and candle processor speed."""
     from connectors.timescale.bench import run
+    from streams.runtime.collector import tune_for_streaming
 
+    tune_for_streaming()  # as `xchg sink timescale` runs
     typer.echo(json.dumps(run(load_settings(), trades, candle_trades)))
