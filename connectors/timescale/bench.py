@@ -7,6 +7,9 @@ candle processor's speed. Prints one JSON line (see ``streams/cli/sink.py``).
 - ``copy_rows_per_second``: the same rows, already built as Python tuples, COPYed (binary, batches of
   the sink's size, one transaction each) into the same ``trades`` table after a truncate: the floor
   the sink is compared with; ``ratio`` = rows_per_second / copy_rows_per_second.
+- Both are measured ``rounds`` times (a fresh scratch database and sink each round, the floor right
+  after the sink in the same database) and reported as medians, with each round's pair: on a
+  shared two-core machine single runs of either vary by ±30 %.
 - ``candle_trades_per_second``: ``candle_trades`` trades through ``xchg marketdata run`` (a real
   faust worker process), measured between the broker timestamps of the first and the last candle
   update it published (start-up excluded).
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -154,19 +158,12 @@ def _delete_topics(bootstrap: str, ns: Namespace) -> None:
                 future.result()
 
 
-def run(settings: Settings, trades: int, candle_trades: int) -> dict[str, Any]:
-    from streams.services.kafka import KafkaCluster
-
-    bootstrap = KafkaCluster(settings).bootstrap_servers()
-    codec = Codec(schema_registry_url=settings.schema_registry_url)
-    tag = uuid.uuid4().hex[:8]
-    ns = Namespace(f"bench-sink-{tag}.")
-    TopicAdmin(bootstrap).apply(load_topic_file(settings.topics_file, ns.prefix))
+def _round(settings: Settings, bootstrap: str, ns: Namespace, codec: Codec, records: list[dict[str, Any]],
+           tag: str) -> tuple[float, float]:
+    """One sink run from the start of the topic into a fresh database, then the COPY floor there."""
     db_name = f"xchg_bench_{tag}"
     dsn = _scratch_database(settings, db_name) if settings.local_postgres else settings.writer_dsn()
     try:
-        records = _trades(trades)
-        _produce(bootstrap, ns(TRADES), records, codec)
         config = SinkConfig(bootstrap=bootstrap, dsn=dsn, namespace=ns, name=f"bench-{tag}",
                             batch_size=settings.sink_batch_size, linger_ms=settings.sink_linger_ms,
                             until_caught_up=True)
@@ -174,18 +171,37 @@ def run(settings: Settings, trades: int, candle_trades: int) -> dict[str, Any]:
         start = time.perf_counter()
         stats = sink.run()
         elapsed = time.perf_counter() - start
-        if stats.rows["trades"] != trades:
-            raise RuntimeError(f"bench: the sink wrote {stats.rows['trades']} of {trades} trades")
-        rows_per_second = trades / elapsed
+        if stats.rows["trades"] != len(records):
+            raise RuntimeError(f"bench: the sink wrote {stats.rows['trades']} of {len(records)} trades")
         copy_rate = _copy_floor(dsn, records, config.batch_size) if settings.local_postgres else float("nan")
     finally:
         if settings.local_postgres:
             _drop_database(settings, db_name)
+    return len(records) / elapsed, copy_rate
+
+
+def run(settings: Settings, trades: int, candle_trades: int, rounds: int = 3) -> dict[str, Any]:
+    from streams.services.kafka import KafkaCluster
+
+    bootstrap = KafkaCluster(settings).bootstrap_servers()
+    codec = Codec(schema_registry_url=settings.schema_registry_url)
+    tag = uuid.uuid4().hex[:8]
+    ns = Namespace(f"bench-sink-{tag}.")
+    TopicAdmin(bootstrap).apply(load_topic_file(settings.topics_file, ns.prefix))
+    records = _trades(trades)
+    rounds_out: list[tuple[float, float]] = []
+    try:
+        _produce(bootstrap, ns(TRADES), records, codec)
+        for round_no in range(rounds):
+            rounds_out.append(_round(settings, bootstrap, ns, codec, records, f"{tag}_{round_no}"))
+    finally:
         _delete_topics(bootstrap, ns)
     candle_rate = _candle_rate(settings, bootstrap, candle_trades, codec)
+    rows_per_second = statistics.median(r for r, _ in rounds_out)
+    copy_rate = statistics.median(c for _, c in rounds_out)
     return {
         "trades": trades,
-        "sink_seconds": round(elapsed, 3),
+        "rounds": [{"rows_per_second": round(r), "copy_rows_per_second": round(c)} for r, c in rounds_out],
         "rows_per_second": round(rows_per_second),
         "copy_rows_per_second": round(copy_rate),
         "ratio": round(rows_per_second / copy_rate, 3),

@@ -71,6 +71,7 @@ TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
 CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN = 0, 1, 2
 BOOK_DEPTH = 50
 
+_TRADE_ROW = "trades (row)"  # marks a trade decoded straight into its table row
 TRADE_COLUMNS = ("market", "trade_id", "ts", "seq", "price", "qty", "maker_order_id", "maker_account",
                  "taker_order_id", "taker_account", "taker_side")
 TRADE_TYPES = ("text", "int8", "timestamptz", "int8", "int8", "int8", "text", "text", "text", "text", "text")
@@ -190,6 +191,7 @@ class TimescaleSink:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
         self.pending: tuple[Future[dict[str, int]], _Batch, int] | None = None
         self.logical: dict[str, str] = {}
+        self.read_trade = self.codec.row_reader(TRADES, TRADE_COLUMNS, {"ts": _ts})
         self.stopping = False
         self.trade_seq = SequenceTracker()
         self.event_seq = SequenceTracker()
@@ -354,9 +356,12 @@ class TimescaleSink:
     # -- preparing rows -------------------------------------------------------------------------
     def _prepare(self, messages: Sequence[Message], conn: psycopg.Connection[Any]) -> _Batch:
         batch = _Batch()
-        decoded: list[tuple[str, Message, dict[str, Any]]] = []
+        decoded: list[tuple[str, Message, Any]] = []  # a dict, or a finished row for _TRADE_ROW
         # One pass: offsets, decoding, the markets whose stored sequence must be known first.
         offsets, logical_of, decode, rejected = batch.offsets, self.logical, self.codec.decode, batch.rejected
+        read_trade = self.read_trade
+        # Trades come as finished rows unless a rebuild skips records by time (it needs them whole).
+        fast = self.config.skip_before_ms is None
         trade_markets: set[str] = set()
         event_markets: set[str] = set()
         for message in messages:
@@ -366,9 +371,17 @@ class TimescaleSink:
             if logical is None:
                 logical = logical_of[topic] = self.ns.logical(topic)
             try:
+                if logical == TRADES and fast:
+                    row = read_trade(message.value())  # the table row itself: no dict per trade
+                    decoded.append((_TRADE_ROW, message, row))
+                    trade_markets.add(row[0])
+                    continue
                 value = decode(logical, message.value())
             except DecodeError as error:
                 rejected.append(_Rejected(message, f"undecodable:{error.reason}", str(error)))
+                continue
+            except (ValueError, OverflowError) as error:  # a trade time no timestamp holds
+                rejected.append(_Rejected(message, f"invalid:{type(error).__name__}", str(error)))
                 continue
             decoded.append((logical, message, value))
             if logical == TRADES:
@@ -380,22 +393,22 @@ class TimescaleSink:
         self._resume_sequence(conn, event_markets, events=True)
         interval_ms = self.config.book_snapshot_interval_s * 1000
         # Fast path for the common case, a trade that is the next of its market (the same
-        # classification SequenceTracker.observe makes); everything else goes through _prepare_one.
-        fast = self.config.skip_before_ms is None
+        # classification SequenceTracker.observe makes); everything else goes through _sequence
+        # (trade rows) or _prepare_one.
         tracker, trades, trade_src = self.trade_seq, batch.trades, batch.trade_src
         last = tracker.last
         for logical, message, v in decoded:
             try:
-                if fast and logical == TRADES:
-                    market, trade_id = v["market"], v["trade_id"]
+                if logical is _TRADE_ROW:
+                    market, trade_id = v[0], v[1]
                     if last.get(market, tracker.start) == trade_id - 1:
-                        trades.append((market, trade_id, _ts(v["ts"]), v["seq"], v["price"], v["qty"],
-                                       v["maker_order_id"], v["maker_account"], v["taker_order_id"],
-                                       v["taker_account"], v["taker_side"]))
                         last[market] = trade_id
                         tracker.seen += 1
-                        trade_src.append(message)
+                    elif not self._sequence(batch, tracker, TRADES, market, trade_id, message):
                         continue
+                    trades.append(v)
+                    trade_src.append(message)
+                    continue
                 self._prepare_one(batch, logical, message, v, interval_ms)
             except (ValueError, OverflowError, TypeError, KeyError) as error:
                 batch.rejected.append(_Rejected(message, f"invalid:{type(error).__name__}", str(error)))

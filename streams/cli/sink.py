@@ -50,10 +50,11 @@ def timescale(
 def bench_sink(
     trades: int = typer.Option(200_000, "--trades", min=1000, help="trades produced and ingested"),
     candle_trades: int = typer.Option(5_000, "--candle-trades", min=100, help="trades through the candle processor"),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="sink and COPY runs; medians are reported"),
 ) -> None:
     """End-to-end sink throughput vs raw COPY into the same database, and candle processor speed."""
     from connectors.timescale.bench import run
     from streams.runtime.collector import tune_for_streaming
 
     tune_for_streaming()  # as `xchg sink timescale` runs
-    typer.echo(json.dumps(run(load_settings(), trades, candle_trades)))
+    typer.echo(json.dumps(run(load_settings(), trades, candle_trades, rounds)))

@@ -25,7 +25,7 @@ early and ``Malformed`` for bytes no writer of this schema produces.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 Encoder = Callable[[bytearray, Any], None]
@@ -305,6 +305,26 @@ class _Generator:
         return fn
 
 
+    def row_function(self, schema: dict[str, Any], fields: Sequence[str], converters: Mapping[str, Any]) -> str:
+        """Define ``_row`` for a record: reads it like ``_dec_<id>`` but returns the values of
+        ``fields`` as a tuple, each passed through its converter if it has one."""
+        names = {f["name"]: f for f in schema["fields"]}
+        missing = [f for f in fields if f not in names]
+        if missing:
+            raise KeyError(f"{schema['name']} has no field {missing[0]}")
+        lines = ["def _row(b, i):"]
+        chosen: dict[str, str] = {}
+        for field in schema["fields"]:
+            value = self.var("f")
+            lines += self.dec(field["type"], value, "    ")
+            chosen[field["name"]] = value
+        for name, convert in converters.items():
+            lines.append(f"    {chosen[name]} = {self.const(convert)}({chosen[name]})")
+        lines.append(f"    return ({''.join(chosen[f] + ', ' for f in fields)}), i")
+        self.functions.append("\n".join(lines))
+        return "_row"
+
+
 class CompiledSchema:
     """``encode(record, header) -> bytes`` and ``decode(data, start) -> record`` for one schema."""
 
@@ -323,6 +343,24 @@ class CompiledSchema:
     def decode(self, data: bytes, start: int) -> tuple[Any, int]:
         """The record at ``data[start:]`` and the offset after it."""
         return self._dec(data, start)
+
+
+def compile_row_decoder(parsed: Any, fields: Sequence[str],
+                        converters: Mapping[str, Callable[[Any], Any]] | None = None) -> Decoder | None:
+    """``decode(data, start) -> ((values of fields...), end)`` for a record schema: no dict is built,
+    which is what a sink turning records into table rows wants. None when out of scope."""
+    generator = _Generator()
+    try:
+        root = generator.resolve(parsed)
+        if _type_name(root) != "record":
+            return None
+        generator.record_functions(root)  # nested records' readers
+        name = generator.row_function(root, fields, converters or {})
+    except _Unsupported:
+        return None
+    namespace: dict[str, Any] = dict(generator.consts)
+    exec(compile("\n\n".join(generator.functions), f"<avro row {root['name']}>", "exec"), namespace)
+    return namespace[name]  # type: ignore[no-any-return]
 
 
 def compile_schema(parsed: Any) -> CompiledSchema | None:

@@ -201,3 +201,35 @@ def test_any_bytes_read_as_fastavro_reads_them(body: bytes) -> None:
     assert value == expected
     if value is not None:
         assert end == fo.tell()
+
+
+@PROPERTY
+@given(data=st.data())
+def test_row_reader_returns_the_fields_decode_returns(data: st.DataObject) -> None:
+    tc = COMPILED[TRADES]
+    record = data.draw(values(tc.parsed, {}))
+    fields = ("market", "trade_id", "ts", "taker_side")
+    read = CODEC.row_reader(TRADES, fields, {"ts": lambda ms: ms * 2})
+    encoded = CODEC.encode(TRADES, record)
+    assert read(encoded) == (record["market"], record["trade_id"], record["ts"] * 2, record["taker_side"])
+    cut = data.draw(st.integers(len(tc.header), len(encoded) - 1))
+    with pytest.raises(DecodeError) as info:
+        read(encoded[:cut])
+    assert info.value.reason == "truncated"
+
+
+def test_row_reader_takes_other_framings_through_decode() -> None:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    registry = SchemaRegistryClient.new_client({"url": "mock://row-reader"})
+    confluent = Codec(schema_registry_client=registry)
+    trade = {"market": "BTC-USD", "trade_id": 7, "seq": 21, "ts": 5, "price": 100, "qty": 2,
+             "maker_order_id": "m", "maker_account": "a", "taker_order_id": "t", "taker_account": "b",
+             "taker_side": "sell", "command_id": "c", "input_partition": 0, "input_offset": 3}
+    read = confluent.row_reader(TRADES, ("trade_id", "taker_side"))
+    assert read(confluent.encode(TRADES, trade)) == (7, "sell")  # Confluent framing: the generic path
+    assert read(CODEC.encode(TRADES, trade)) == (7, "sell")  # single-object: the generated path
+    with pytest.raises(DecodeError):
+        read(b"")
+    with pytest.raises(KeyError):
+        CODEC.row_reader(TRADES, ("no_such_field",))
