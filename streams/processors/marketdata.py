@@ -15,10 +15,14 @@ Design (see design.md §1: derived data is computed once, here, and everything e
 - Every update is published to ``md.candles`` keyed by market: the open candle of each interval
   after every trade, and the closed candle again with ``final = true`` when a later window starts.
 - Recovery: the table is restored from its changelog topic (``<app id>-candles-changelog``; the
-  app id carries the namespace prefix). Per trade the processor (1) publishes the candle updates
-  and waits for the broker's acknowledgement, (2) sends the new state to the changelog, and faust
-  (3) commits the input offset later, after flushing its producer. After a crash, therefore,
-  committed offset <= changelog <= published candles: the re-read trades with
+  app id carries the namespace prefix). The processor (1) publishes each trade's candle updates
+  without waiting; every ``FLUSH_UPDATES`` updates or ``FLUSH_S`` seconds it (2) takes the states and
+  input positions reached so far, waits until the broker has acknowledged every candle published
+  up to then, and only then (3) sends those states and positions to the changelog; faust (4)
+  commits input offsets on its own clock. The changelog therefore never holds a state whose
+  candles are not published. Offsets committed ahead of the changelog's position are caught by
+  the position check below (the records in between are folded again from the topic). After a
+  crash: changelog <= published candles, and the re-read trades with
   ``trade_id <= last`` are skipped (no double counting; their candles are already published), the
   rest are folded again from the recovered state and re-published (the same candles: a repeat,
   which consumers upsert by (market, interval, window_start)). Nothing is lost or counted twice.
@@ -42,6 +46,9 @@ from streams.processors.candles import fold, new_state, to_record
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec, DecodeError
 from streams.serde.topics import MD_CANDLES, TRADES
+
+FLUSH_UPDATES = 1000  # candle updates between changelog flushes (at most; see the module doc)
+FLUSH_S = 0.05  # and at most this long
 
 
 @dataclass(frozen=True)
@@ -121,29 +128,72 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
     table = app.Table("candles", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
     changelog = table.changelog_topic
     recovery = app.tables.recovery  # type: ignore[attr-defined]
-    cache: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
+    # The state of every market folded since the last recovery: newer than the table while a
+    # flush is pending, and the same object fold() keeps updating.
+    live: dict[bytes, dict[str, Any]] = {}
+    # Since the last flush: candle sends not yet acknowledged, states and positions not yet in
+    # the changelog (see the module doc: the changelog must never be ahead of the candles).
+    unacked: list[asyncio.Future[Any]] = []
+    dirty: dict[bytes, int] = {}  # market key -> partition, for the states in ``live`` to flush
+    dirty_progress: dict[int, int] = {}  # partition -> next input offset
+    flush_lock = asyncio.Lock()
+    flushed_at = [time.monotonic()]
 
     async def publish(key: bytes, updates: list[dict[str, Any]]) -> None:
-        """Publish and wait until the broker has every update (see the module doc: ordering)."""
-        pending = [await candles.send(key=key, value=codec.encode(MD_CANDLES, to_record(candle)))
-                   for candle in updates]
-        await asyncio.gather(*pending)
+        """Send the updates; their acknowledgements are awaited by the next flush."""
+        for candle in updates:
+            unacked.append(await candles.send(key=key, value=codec.encode(MD_CANDLES, to_record(candle))))
         stats.published += len(updates)
+
+    async def flush() -> None:
+        """Put what has been folded so far into the changelog, once its candles are acknowledged."""
+        async with flush_lock:
+            flushed_at[0] = time.monotonic()
+            if not dirty and not dirty_progress and not unacked:
+                return
+            # A consistent cut, taken without yielding: these states include exactly the trades
+            # whose candle sends are in ``waiting``.
+            waiting = unacked[:]
+            unacked.clear()
+            states = {key: (json.dumps(live[key], separators=(",", ":")).encode(), partition)
+                      for key, partition in dirty.items() if key in live}
+            positions = dict(dirty_progress)
+            dirty.clear()
+            dirty_progress.clear()
+            await asyncio.gather(*waiting)
+            for key, (encoded, partition) in states.items():
+                table.data[key] = encoded
+                await changelog.send(key=key, value=encoded, partition=partition)
+            for partition, position in positions.items():
+                progress_key = f"__progress__:{partition}".encode()
+                table.data[progress_key] = str(position).encode()
+                await changelog.send(key=progress_key, value=table.data[progress_key], partition=partition)
 
     progress: dict[int, int] = {}  # partition -> next input offset folded (also in the table)
 
+    async def forget() -> None:
+        """Drop what is folded but not flushed, and the in-memory states and positions: the
+        table (restored from the changelog) is the truth again, and the position check folds the
+        records between its position and the consumer's again (their candles repeat)."""
+        async with flush_lock:
+            for pending in (live, dirty, dirty_progress, progress):
+                pending.clear()
+            unacked.clear()
+
+    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    async def on_revoked(*_: Any, **__: Any) -> None:
+        # Partitions may move: never flush state for one this worker no longer owns.
+        await forget()
+
     async def apply(trade: dict[str, Any], partition: int) -> None:
-        """Fold one trade: publish its candle updates (acknowledged), then store the state."""
+        """Fold one trade into its market's live state and publish its candle updates (the state
+        reaches the changelog with the next flush)."""
         market = trade["market"]
         key = market.encode()
-        stored = table.get(key)
-        cached = cache.get(key)
-        if stored is None:
-            state = new_state()
-        elif cached is not None and cached[0] is stored:
-            state = cached[1]  # the table still holds what this worker wrote: skip parsing it
-        else:
-            state = json.loads(stored)
+        state = live.get(key)
+        if state is None:
+            stored = table.get(key)
+            state = live[key] = new_state() if stored is None else json.loads(stored)
         if trade["trade_id"] > state["last"] + 1:
             # Trade ids are gap-free per market: the state lacks trades before this one.
             stats.gaps += 1
@@ -153,14 +203,12 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
         if not updates:
             stats.skipped += 1  # already folded before a restart; its candles were published then
             return
-        # Candles first, acknowledged; then the state. The changelog record is sent here rather
-        # than through ``table[key] = ...``, which queues it in faust's send_soon buffer (whose
-        # flush gives up after 0.1 s).
+        # Candles now; the state goes to the changelog at the next flush, after their
+        # acknowledgement. (Sent by flush() rather than through ``table[key] = ...``, which queues
+        # it in faust's send_soon buffer, whose flush gives up after 0.1 s.)
         await publish(key, updates)
-        encoded = json.dumps(state, separators=(",", ":")).encode()
-        table.data[key] = encoded
-        await changelog.send(key=key, value=encoded, partition=partition)
-        cache[key] = (encoded, state)
+        if live.get(key) is state:  # not forgotten by a revocation meanwhile
+            dirty[key] = partition
         stats.trades += 1
 
     @app.agent(trades)
@@ -172,21 +220,23 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
             if not recovery.completed.is_set():
                 # Never read the table before faust has restored it from the changelog.
                 await recovery.completed.wait()
-                cache.clear()
-                progress.clear()
+                await forget()
             topic, partition, offset = event.message.topic, event.message.partition, event.message.offset
             progress_key = f"__progress__:{partition}".encode()
             expected = progress.get(partition)
             if expected is None:
                 stored = table.get(progress_key)
-                expected = int(stored) if stored else None
-            if expected is not None and offset > expected:
-                # The input position passed records this processor never folded (faust can commit
-                # offsets ahead of processing around a crash): fold them from the topic first.
+                # No recorded position: nothing of this partition was flushed, so everything
+                # before this record (from the start of the log) may be unfolded.
+                expected = int(stored) if stored else 0
+            if offset > expected:
+                # The input position is past records whose folding never reached the changelog
+                # (offsets committed before a flush, then a crash or a rebalance): fold them
+                # from the topic first.
                 skipped = read_trades(config, codec, topic, partition, expected, offset)
                 stats.refetched += len(skipped)
-                log.warning("input records skipped by the consumer: folded from the topic", partition=partition,
-                            expected=expected, got=offset, records=len(skipped))
+                log.info("folding records past the flushed position from the topic", partition=partition,
+                         expected=expected, got=offset, records=len(skipped))
                 for earlier in skipped:
                     await apply(earlier, partition)
             try:
@@ -198,8 +248,18 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                 await apply(trade, partition)
             if expected is None or offset + 1 > expected:
                 progress[partition] = offset + 1
-                table.data[progress_key] = str(offset + 1).encode()
-                await changelog.send(key=progress_key, value=table.data[progress_key], partition=partition)
+                dirty_progress[partition] = offset + 1
+            if len(unacked) >= FLUSH_UPDATES or time.monotonic() - flushed_at[0] >= FLUSH_S:
+                await flush()
+
+    @app.timer(interval=FLUSH_S)  # type: ignore[untyped-decorator]
+    async def flush_when_quiet() -> None:
+        # The last trades of a burst: nothing else would flush them until the next trade. Not
+        # during a rebalance: what is unflushed then may belong to partitions moving elsewhere.
+        if app.rebalancing or not recovery.completed.is_set():
+            return
+        if time.monotonic() - flushed_at[0] >= FLUSH_S:
+            await flush()
 
     if config.idle_exit_s is not None:
         idle = config.idle_exit_s
