@@ -36,6 +36,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +134,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
     live: dict[bytes, dict[str, Any]] = {}
     # Since the last flush: candle sends not yet acknowledged, states and positions not yet in
     # the changelog (see the module doc: the changelog must never be ahead of the candles).
-    unacked: list[asyncio.Future[Any]] = []
+    unacked: list[Awaitable[Any]] = []
     dirty: dict[bytes, int] = {}  # market key -> partition, for the states in ``live`` to flush
     dirty_progress: dict[int, int] = {}  # partition -> next input offset
     flush_lock = asyncio.Lock()
@@ -180,7 +181,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                 pending.clear()
             unacked.clear()
 
-    @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
+    @app.on_partitions_revoked.connect
     async def on_revoked(*_: Any, **__: Any) -> None:
         # Partitions may move: never flush state for one this worker no longer owns.
         await forget()

@@ -283,7 +283,7 @@ class _Generator:
 
     def record_functions(self, schema: dict[str, Any]) -> str:
         """Define ``_enc_<id>`` and ``_dec_<id>`` for a record (once); returns ``<id>``."""
-        fn = schema["name"].replace(".", "_")
+        fn = str(schema["name"]).replace(".", "_")
         if fn in self.compiled:
             return fn
         self.compiled.add(fn)
