@@ -399,7 +399,7 @@ class TimescaleSink:
         last = tracker.last
         for logical, message, v in decoded:
             try:
-                if logical is _TRADE_ROW:
+                if logical == _TRADE_ROW:
                     market, trade_id = v[0], v[1]
                     if last.get(market, tracker.start) == trade_id - 1:
                         last[market] = trade_id

@@ -208,7 +208,7 @@ class Codec:
         if tc.compiled is not None and not self._strict:
             try:
                 return tc.compiled.encode(record, header)
-            except Exception:
+            except Exception:  # fastavro, below, accepts the value or says why it cannot
                 pass
         buf = BytesIO()
         buf.write(header)
