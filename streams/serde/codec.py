@@ -44,7 +44,7 @@ from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError as _ValidationError
 
 from streams.serde.catalog import SchemaCatalog, SchemaVersion, default_catalog
-from streams.serde.compiled import CompiledSchema, Malformed, compile_row_decoder, compile_schema
+from streams.serde.compiled import CompiledSchema, Decoder, Malformed, compile_row_decoder, compile_schema
 from streams.serde.topics import TOPICS, UnknownTopicError
 
 __all__ = [
@@ -269,7 +269,7 @@ class Codec:
         else:
             raise self._bad_header(data)
         if res.compiled is not None:
-            return self._decode_compiled(topic, res.compiled, data, start)
+            return self._read_generated(topic, res.compiled.decode, data, start)  # type: ignore[no-any-return]
         fo = BytesIO(data)
         fo.seek(start)
         try:
@@ -308,34 +308,26 @@ class Codec:
 
         def read(data: bytes | None) -> tuple[Any, ...]:
             if row is not None and data and data[:start] == header:
-                size = len(data)
-                try:
-                    values, end = row(data, start)
-                except IndexError as exc:
-                    raise DecodeError("truncated", f"{topic}: body ends early ({size} bytes)") from exc
-                except (Malformed, UnicodeDecodeError) as exc:
-                    raise DecodeError("malformed", f"{topic}: {type(exc).__name__}: {exc}") from exc
-                if end != size:
-                    raise DecodeError("trailing_bytes", f"{topic}: {size - end} bytes after the record")
-                return values  # type: ignore[no-any-return]
+                return self._read_generated(topic, row, data, start)  # type: ignore[no-any-return]
             value = self.decode(topic, data)
             return tuple(convert[f](value[f]) if f in convert else value[f] for f in names)
 
         return read
 
     @staticmethod
-    def _decode_compiled(topic: str, compiled: CompiledSchema, data: bytes, start: int) -> dict[str, Any]:
-        """The generated decoder's read, with fastavro's error reasons."""
+    def _read_generated(topic: str, read: Decoder, data: bytes, start: int) -> Any:
+        """A generated decoder's read of the whole value (a record or a row), with the error
+        reasons of the fastavro path."""
         size = len(data)
         try:
-            value, end = compiled.decode(data, start)
+            value, end = read(data, start)
         except IndexError as exc:
             raise DecodeError("truncated", f"{topic}: body ends early ({size} bytes)") from exc
         except (Malformed, UnicodeDecodeError) as exc:
             raise DecodeError("malformed", f"{topic}: {type(exc).__name__}: {exc}") from exc
         if end != size:
             raise DecodeError("trailing_bytes", f"{topic}: {size - end} bytes after the record")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def _bad_header(self, data: bytes) -> DecodeError:
         if not data:
