@@ -345,34 +345,40 @@ class CompiledSchema:
         return self._dec(data, start)
 
 
+def _build(parsed: Any, label: str, define: Callable[[_Generator, dict[str, Any]], str]) -> tuple[dict[str, Any], str] | None:
+    """Generate code for a record schema with ``define`` (which returns the name of a function it
+    defined) and execute it: ``(namespace, name)``, or None when the schema is out of scope."""
+    generator = _Generator()
+    try:
+        root = generator.resolve(parsed)
+        if _type_name(root) != "record":
+            return None
+        name = define(generator, root)
+    except _Unsupported:
+        return None
+    namespace: dict[str, Any] = dict(generator.consts)
+    source = "\n\n".join(generator.functions)
+    exec(compile(source, f"<avro {label}{root['name']}>", "exec"), namespace)  # generated from the schema above
+    return namespace, name
+
+
 def compile_row_decoder(parsed: Any, fields: Sequence[str],
                         converters: Mapping[str, Callable[[Any], Any]] | None = None) -> Decoder | None:
     """``decode(data, start) -> ((values of fields...), end)`` for a record schema: no dict is built,
     which is what a sink turning records into table rows wants. None when out of scope."""
-    generator = _Generator()
-    try:
-        root = generator.resolve(parsed)
-        if _type_name(root) != "record":
-            return None
+
+    def define(generator: _Generator, root: dict[str, Any]) -> str:
         generator.record_functions(root)  # nested records' readers
-        name = generator.row_function(root, fields, converters or {})
-    except _Unsupported:
-        return None
-    namespace: dict[str, Any] = dict(generator.consts)
-    exec(compile("\n\n".join(generator.functions), f"<avro row {root['name']}>", "exec"), namespace)
-    return namespace[name]  # type: ignore[no-any-return]
+        return generator.row_function(root, fields, converters or {})
+
+    built = _build(parsed, "row ", define)
+    return None if built is None else built[0][built[1]]
 
 
 def compile_schema(parsed: Any) -> CompiledSchema | None:
     """Compile a parsed (fastavro ``parse_schema``) record schema; None when out of scope."""
-    generator = _Generator()
-    try:
-        root = generator.resolve(parsed)
-        if _type_name(root) != "record":
-            return None
-        fn = generator.record_functions(root)
-    except _Unsupported:
+    built = _build(parsed, "", lambda generator, root: generator.record_functions(root))
+    if built is None:
         return None
-    namespace: dict[str, Any] = dict(generator.consts)
-    exec(compile("\n\n".join(generator.functions), f"<avro {root['name']}>", "exec"), namespace)  # generated from the schema above
+    namespace, fn = built
     return CompiledSchema(namespace[f"_enc_{fn}"], namespace[f"_dec_{fn}"])
