@@ -1,10 +1,11 @@
 """Kafka client configurations for the critical path (design §1), in one place.
 
 librdkafka's defaults differ from Java's: idempotence is off, ``auto.offset.reset`` is
-``latest`` and the partitioner is CRC32-based. Every client of the project is built here with
-``murmur2_random`` (so all clients, Java included, map a market key to the same partition),
-``acks=all`` with idempotence, ``read_committed`` consumers without auto-commit that start from the
-earliest offset when a group has no committed position.
+``latest``, the partitioner is CRC32-based and Nagle's algorithm is on (Java sets TCP_NODELAY).
+Every client of the project is built here with ``murmur2_random`` (so all clients, Java included,
+map a market key to the same partition), ``acks=all`` with idempotence, ``read_committed``
+consumers without auto-commit that start from the earliest offset when a group has no committed
+position, and TCP_NODELAY.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def producer_config(bootstrap: str, transactional_id: str | None = None, **overr
         "partitioner": PARTITIONER,
         "linger.ms": 5,
         "compression.type": "lz4",
+        "socket.nagle.disable": True,  # librdkafka leaves Nagle on; small requests must not wait
     }
     if transactional_id is not None:
         config["transactional.id"] = transactional_id
@@ -41,6 +43,7 @@ def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
+        "socket.nagle.disable": True,
     }
     config.update(overrides)
     return config
