@@ -13,6 +13,8 @@ collection, which these processes do not create at a rate that matters.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 YOUNG_THRESHOLD = 50_000  # net allocations between young collections (CPython default: 700)
 
@@ -24,3 +26,16 @@ def tune_for_streaming() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """No cyclic collection inside the block (a load generator must keep its schedule: a full
+    collection over its bookkeeping would stall it for 100 ms and more); collected at the end."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
