@@ -31,7 +31,8 @@ def tune_for_streaming() -> None:
 @contextmanager
 def paused() -> Iterator[None]:
     """No cyclic collection inside the block (a load generator must keep its schedule: a full
-    collection over its bookkeeping would stall it for 100 ms and more); collected at the end."""
+    collection over its bookkeeping would stall it for 100 ms and more). Collection resumes
+    after the block, as it was before it."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
