@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = None
     kafka_port: int = Field(default=19092, ge=1024, le=65000)
     kafka_controller_port: int = Field(default=19093, ge=1024, le=65000)
-    kafka_heap: str = "3g"  # ZGC's headroom: ~250 MB live, cycles every ~30 s under load
+    kafka_heap: str = "3g"  # ZGC's headroom: ~250 MB live, cycles every ~25 s under load
     schema_registry_url: str | None = None
     # Prefix of every topic name (a namespace): benchmarks and tests use their own beside a live one.
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")

@@ -129,9 +129,8 @@ class KafkaCluster:
             # ZGC rather than Kafka's default G1: the broker allocates ~100 MB/s under an
             # exactly-once load, and on two busy cores G1's young pauses (every ~0.6 s, 15-230 ms
             # as its GC threads waited for CPU) stalled every in-flight request; ZGC's pauses stay
-            # under a millisecond (order latency p99 on a warm broker, same load: G1 165-410 ms,
-            # ZGC mostly 50-130 ms, README "Benchmarks"). ZGC needs headroom (at 1g it ran 92 %
-            # full and stalled allocations): see Settings.kafka_heap.
+            # under a millisecond (figures in README "Benchmarks"). ZGC needs headroom (at 1g it
+            # ran 92 % full and stalled allocations): see Settings.kafka_heap.
             java, *opts, "-XX:+UseZGC", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={INFRA / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={node.home / 'logs'}",
