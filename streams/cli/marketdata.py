@@ -29,6 +29,7 @@ def run(
         idle_exit_s=idle_exit,
         instance_id=instance,
         schema_registry_url=settings.schema_registry_url,
+        data_dir=settings.runtime_dir / "marketdata",
     )
     serve_metrics(settings.metrics_port)
     stats = run_worker(config)

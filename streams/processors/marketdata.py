@@ -35,9 +35,11 @@ import contextlib
 import json
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -62,6 +64,9 @@ class MarketDataConfig:
     session_timeout_s: float = 10.0
     instance_id: str = "marketdata-1"  # static group membership: a restarted worker gets its partitions back at once
     schema_registry_url: str | None = None
+    # faust's data folder (empty with the in-memory store, but faust creates it); None: a
+    # temporary folder, never the working directory.
+    data_dir: Path | None = None
 
     @property
     def app_id(self) -> str:
@@ -103,6 +108,8 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
     log = get_logger("marketdata")
     codec = Codec(schema_registry_url=config.schema_registry_url)
     stats = Stats(started=time.monotonic(), last_event=time.monotonic())
+    data_dir = (config.data_dir or Path(tempfile.gettempdir()) / "xchg-marketdata") / config.app_id
+    data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         config.app_id,
         broker=f"kafka://{config.bootstrap.split(',')[0]}",
@@ -116,6 +123,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
         stream_recovery_delay=0.0,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        datadir=str(data_dir),
         producer_acks=-1,
         producer_linger=0.0,
         table_standby_replicas=0,
