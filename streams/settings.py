@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
     kafka_port: int = Field(default=19092, ge=1024, le=65000)
     kafka_controller_port: int = Field(default=19093, ge=1024, le=65000)
     kafka_heap: str = "3g"  # ZGC's headroom: ~250 MB live, cycles every ~25 s under load
+    # Broker JIT: C1 only (quick to compile, code somewhat slower) or the JVM's tiered C1+C2.
+    # C2 compiling the broker's hot paths took CPU from everything else on 2 cores for minutes
+    # after each start (see streams/services/kafka.py); a long-lived broker host wants "tiered".
+    kafka_jit: Literal["c1", "tiered"] = "c1"
     schema_registry_url: str | None = None
     # Prefix of every topic name (a namespace): benchmarks and tests use their own beside a live one.
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")

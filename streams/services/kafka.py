@@ -125,6 +125,14 @@ class KafkaCluster:
     def _java(self, node: KafkaNode, main: str, *args: str, heap: str | None = None) -> list[str]:
         java = require_java()
         opts = [f"-Xms{heap}", f"-Xmx{heap}"] if heap else ["-Xmx256m"]
+        if heap:  # the broker: its collections, timestamped, to line up with latency spikes
+            opts.append(f"-Xlog:gc:file={node.home / 'logs' / 'gc.log'}:time,uptime:filecount=3,filesize=10m")
+            if self.settings.kafka_jit == "c1":
+                # C2 recompiling the request path after a start kept a core busy for minutes: the
+                # first `xchg bench pipeline` after `make services` had p99 390-990 ms (C1 only:
+                # 140-190 ms) and 14-18k commands/s (C1: 21-24k); once warm, C2 code was a few ms
+                # better at p50. The broker here lives for a session, so C1 (README "Benchmarks").
+                opts.append("-XX:TieredStopAtLevel=1")
         return [
             # ZGC rather than Kafka's default G1: the broker allocates ~100 MB/s under an
             # exactly-once load, and on two busy cores G1's young pauses (every ~0.6 s, 15-230 ms

@@ -76,6 +76,7 @@ def test_topics_apply_twice_changes_nothing(kafka_bootstrap: str, unique: str) -
 @pytest.mark.parametrize(("env", "needle"), [
     ({"EXCHANGE_PG_PORT": "not-a-port"}, "EXCHANGE_PG_PORT"),
     ({"EXCHANGE_KAFKA_HEAP": "lots"}, "EXCHANGE_KAFKA_HEAP"),
+    ({"EXCHANGE_KAFKA_JIT": "c3"}, "EXCHANGE_KAFKA_JIT"),
     ({"EXCHANGE_MARKETS_FILE": "/nonexistent/markets.yaml"}, "market file"),
 ])
 def test_malformed_configuration_is_one_line(env: dict[str, str], needle: str) -> None:
