@@ -129,8 +129,8 @@ class KafkaCluster:
             opts.append(f"-Xlog:gc:file={node.home / 'logs' / 'gc.log'}:time,uptime:filecount=3,filesize=10m")
             if self.settings.kafka_jit == "c1":
                 # C2 recompiling the request path after a start kept a core busy for minutes: the
-                # first `xchg bench pipeline` after `make services` had p99 390-990 ms (C1 only:
-                # 140-190 ms) and 14-18k commands/s (C1: 21-24k); once warm, C2 code was a few ms
+                # first `xchg bench pipeline` after `make services` had p99 290-990 ms (C1 only:
+                # 140-190 ms) and 14-18k commands/s (C1: 20-24k); once warm, C2 code was a few ms
                 # better at p50. The broker here lives for a session, so C1 (README "Benchmarks").
                 opts.append("-XX:TieredStopAtLevel=1")
         return [
