@@ -130,8 +130,9 @@ class KafkaCluster:
             if self.settings.kafka_jit == "c1":
                 # C2 recompiling the request path after a start kept a core busy for minutes: the
                 # first `xchg bench pipeline` after `make services` had p99 290-990 ms (C1 only:
-                # 140-190 ms) and 14-18k commands/s (C1: 20-24k); once warm, C2 code was a few ms
-                # better at p50. The broker here lives for a session, so C1 (README "Benchmarks").
+                # 140-190 ms) and 14-18k commands/s (C1: 20-24k). Warm, C1 code costs more CPU
+                # (broker 80-90 % of a core at 5,000/s vs ~65 % with C2) and a few ms at p50. The
+                # broker here lives for a session, so C1 (README "Benchmarks").
                 opts.append("-XX:TieredStopAtLevel=1")
         return [
             # ZGC rather than Kafka's default G1: the broker allocates ~100 MB/s under an
