@@ -41,6 +41,7 @@ demo: services
 
 test: setup
 	@$(BIN)/ruff check streams connectors tests
+	@$(BIN)/mypy
 	@$(BIN)/pytest -q -ra
 
 # -- everything else -------------------------------------------------------------------------------

@@ -76,7 +76,10 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
 DEPLOYMENT_HEADER = "xchg.settlement"
 
 
-def of_deployment(headers: list[tuple[str, bytes]] | None, deployment: str) -> bool:
+Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None  # as consumed
+
+
+def of_deployment(headers: Headers, deployment: str) -> bool:
     """Whether a settlement.batches record belongs to this deployment (its hashes use its tokens)."""
     return dict(headers or []).get(DEPLOYMENT_HEADER) == deployment.encode()
 
@@ -182,11 +185,12 @@ class BatchService:
                     closed.extend(self.batcher.add(trade))
                     self.trades += 1
                     first = self.batcher.open_first(trade.market)
+                    position = (m.partition() or 0, m.offset() or 0)  # both set on a consumed record
                     if first is None:
                         self.open_at.pop(trade.market, None)
                     elif first.trade_id == trade.trade_id:
-                        self.open_at[trade.market] = (m.partition(), m.offset())
-                    self.next_offset[m.partition()] = m.offset() + 1
+                        self.open_at[trade.market] = position
+                    self.next_offset[position[0]] = position[1] + 1
                 if messages:
                     idle_since, flushed = time.monotonic(), False
                     if closed:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from eth_abi import encode
+from eth_abi.abi import encode
 from eth_hash.auto import keccak
 
 from connectors.settlement.economics import MarketUnits, market_id, taker_fee

@@ -19,12 +19,13 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 from web3 import Web3
+from web3.types import TxParams
 
 from connectors.settlement.economics import Asset, account_address, account_key
 from connectors.settlement.errors import SettlementError
@@ -63,7 +64,7 @@ def _error_selectors() -> dict[bytes, tuple[str, list[str]]]:
 
 def decode_revert(data: Any) -> tuple[str, tuple[Any, ...]] | None:
     """(error name, args) of a custom-error revert payload (hex str or bytes), or None."""
-    from eth_abi import decode
+    from eth_abi.abi import decode
 
     if isinstance(data, tuple):  # ContractCustomError.args: (message, data)
         data = data[-1]
@@ -117,13 +118,15 @@ def deployment_path(settings: Settings) -> Path:
 
 
 def operator_account(settings: Settings) -> LocalAccount:
-    if settings.settlement_operator_key is not None:
-        return Account.from_key(settings.settlement_operator_key.get_secret_value())
-    return Account.from_key(keccak(b"xchg-dev-operator:" + settings.topic_prefix.encode()))
+    key = settings.settlement_operator_key
+    account: LocalAccount = Account.from_key(
+        key.get_secret_value() if key is not None else keccak(b"xchg-dev-operator:" + settings.topic_prefix.encode()))
+    return account
 
 
 def admin_account(settings: Settings) -> LocalAccount:
-    return Account.from_key(keccak(b"xchg-dev-admin:" + settings.topic_prefix.encode()))
+    account: LocalAccount = Account.from_key(keccak(b"xchg-dev-admin:" + settings.topic_prefix.encode()))
+    return account
 
 
 def settlement_contract(w3: Web3, address: str) -> Any:
@@ -156,7 +159,7 @@ class TxSender:
         tx = {"chainId": self.chain_id, "nonce": self.nonces[address], "maxFeePerGas": 4 * base + 10**9,
               "maxPriorityFeePerGas": 10**9, "from": address, **tx}
         if "gas" not in tx:
-            tx["gas"] = int(self.w3.eth.estimate_gas(tx) * 3 // 2)
+            tx["gas"] = int(self.w3.eth.estimate_gas(cast(TxParams, tx)) * 3 // 2)
         tx.pop("from")
         raw = account.sign_transaction(tx).raw_transaction
         h = self.w3.eth.send_raw_transaction(raw)
@@ -165,7 +168,7 @@ class TxSender:
         return bytes(h)
 
     def wait(self) -> list[Any]:
-        receipts = [self.w3.eth.wait_for_transaction_receipt(h, timeout=120, poll_latency=0.05) for h in self.pending]
+        receipts = [self.w3.eth.wait_for_transaction_receipt(Web3.to_hex(h), timeout=120, poll_latency=0.05) for h in self.pending]
         self.pending = []
         for r in receipts:
             if r["status"] != 1:
@@ -210,7 +213,7 @@ def rpc_batch(url: str, calls: list[tuple[str, list[Any]]], chunk: int = 500) ->
 
     out: list[Any] = []
     for start in range(0, len(calls), chunk):
-        body = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p}
+        body: list[dict[str, Any]] = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p}
                 for i, (m, p) in enumerate(calls[start:start + chunk])]
         replies = sorted(requests.post(url, json=body, timeout=300).json(), key=lambda r: r["id"])
         for reply in replies:

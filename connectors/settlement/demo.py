@@ -10,6 +10,9 @@ hash and gas used and the reconciliation verdict.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+from web3 import Web3
 
 from connectors.settlement.chain import Deployment, deployment_path, fund_accounts, web3
 from connectors.settlement.chain import deploy as deploy_contracts
@@ -17,6 +20,9 @@ from connectors.settlement.economics import Asset, check_markets, load_assets
 from connectors.settlement.errors import SettlementError
 from streams.markets import MarketRegistry
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.serde.codec import Codec
 
 MAX_LINES = 12
 
@@ -29,7 +35,7 @@ def ensure_deployment(settings: Settings, assets: dict[str, Asset], reuse: bool 
         raise SettlementError(f"no chain answers at {settings.chain_rpc_url} (start it with `xchg up`)")
     if reuse and path.exists():
         deployment = Deployment.load(path)
-        if int(w3.eth.chain_id) == deployment.chain_id and len(w3.eth.get_code(deployment.settlement)) > 0 \
+        if int(w3.eth.chain_id) == deployment.chain_id and len(w3.eth.get_code(Web3.to_checksum_address(deployment.settlement))) > 0 \
                 and set(deployment.tokens) == set(assets):
             return deployment
     return deploy_contracts(settings, assets)
@@ -98,7 +104,7 @@ def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
     return "\n".join(lines)
 
 
-def _codec():  # type: ignore[no-untyped-def]
+def _codec() -> Codec:
     from streams.serde.codec import Codec
 
     return Codec()

@@ -143,12 +143,13 @@ def reconcile(settings: Settings, deployment: Deployment, units: dict[str, Marke
     for ev in events:
         args = ev["args"]
         h = bytes(args["batchHash"])
-        b = by_hash.get(h)
+        settled_batch = by_hash.get(h)
         final = ev["blockNumber"] <= finalized and tip - ev["blockNumber"] + 1 >= settings.settlement_min_depth
         label = f"event in block {ev['blockNumber']} tx {bytes(ev['transactionHash']).hex()}"
-        if b is None:
+        if settled_batch is None:
             report.mismatches.append(f"{label}: batch hash {h.hex()} is not in settlement.batches")
             continue
+        b = settled_batch
         if not final:
             report.pending_finality.append(f"{b.market} batch {b.batch_seq}: {label}")
         else:

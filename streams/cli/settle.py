@@ -12,17 +12,22 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from streams.cli.bench import app as bench_app
 from streams.cli.errors import guarded
 
+if TYPE_CHECKING:  # settlement modules load web3, which a CLI start must not pay for
+    from connectors.settlement.chain import Deployment
+    from connectors.settlement.economics import Asset, MarketUnits
+    from streams.settings import Settings
+
 app = typer.Typer(help="L2 settlement: batcher, submitter, reconciliation.", no_args_is_help=True)
 
 
-def _context():  # type: ignore[no-untyped-def]
+def _context() -> tuple[Settings, dict[str, Asset], dict[str, MarketUnits]]:
     from connectors.settlement.economics import check_markets, load_assets
     from streams.markets import MarketRegistry
     from streams.settings import load_settings
@@ -33,7 +38,7 @@ def _context():  # type: ignore[no-untyped-def]
     return settings, assets, units
 
 
-def _deployment(settings):  # type: ignore[no-untyped-def]
+def _deployment(settings: Settings) -> Deployment:
     from connectors.settlement.chain import Deployment, deployment_path
 
     return Deployment.load(deployment_path(settings))

@@ -16,9 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from eth_abi import encode
+from eth_abi.abi import encode
 from eth_hash.auto import keccak
 from web3 import Web3
 
@@ -32,10 +34,10 @@ MARKET = keccak(b"BTC-USD")
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def _trades_to_deltas(accounts: list[str], base: str, quote: str, fee_account: str) -> list[tuple]:
+def _trades_to_deltas(accounts: Sequence[str], base: str, quote: str, fee_account: str) -> list[tuple[str, str, int]]:
     """Port of SettlementGasTest._batchDeltas (Solidity int division truncates toward zero)."""
 
     def sdiv(a: int, b: int) -> int:
@@ -84,17 +86,17 @@ def main() -> int:
             except Exception:
                 pass
             time.sleep(0.1)
-        admin, operator, *users = w3.eth.accounts
-        users = users[:ACCOUNTS]
+        accounts = list(w3.eth.accounts)
+        admin, operator, users = accounts[0], accounts[1], accounts[2:ACCOUNTS + 2]
         fee_account = admin
 
-        def send(fn, sender):
+        def send(fn: Any, sender: str) -> Any:
             tx = fn.transact({"from": sender})
             rcpt = w3.eth.wait_for_transaction_receipt(tx)
             assert rcpt["status"] == 1, rcpt
             return rcpt
 
-        def deploy(art, *args):
+        def deploy(art: dict[str, Any], *args: Any) -> Any:
             bytecode = art["bytecode"] if isinstance(art["bytecode"], str) else art["bytecode"]["object"]
             c = w3.eth.contract(abi=art["abi"], bytecode=bytecode)
             rcpt = send(c.constructor(*args), admin)
