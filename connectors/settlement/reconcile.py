@@ -143,25 +143,24 @@ def reconcile(settings: Settings, deployment: Deployment, units: dict[str, Marke
     for ev in events:
         args = ev["args"]
         h = bytes(args["batchHash"])
-        settled_batch = by_hash.get(h)
+        batch = by_hash.get(h)
         final = ev["blockNumber"] <= finalized and tip - ev["blockNumber"] + 1 >= settings.settlement_min_depth
         label = f"event in block {ev['blockNumber']} tx {bytes(ev['transactionHash']).hex()}"
-        if settled_batch is None:
+        if batch is None:
             report.mismatches.append(f"{label}: batch hash {h.hex()} is not in settlement.batches")
             continue
-        b = settled_batch
         if not final:
-            report.pending_finality.append(f"{b.market} batch {b.batch_seq}: {label}")
+            report.pending_finality.append(f"{batch.market} batch {batch.batch_seq}: {label}")
         else:
             report.final_events += 1
-        expect = (market_id(b.market), b.first_trade_id, b.last_trade_id, b.merkle_root, b.prev_batch_hash)
+        expect = (market_id(batch.market), batch.first_trade_id, batch.last_trade_id, batch.merkle_root, batch.prev_batch_hash)
         got = (bytes(args["market"]), int(args["firstTradeSeq"]), int(args["lastTradeSeq"]),
                bytes(args["merkleRoot"]), bytes(args["prevBatchHash"]))
         if expect != got:
-            report.mismatches.append(f"{b.market} batch {b.batch_seq}: {label} differs from the batch record")
-        settled.append(b)
-        last_by_market[market_id(b.market)] = b
-        report.trades_settled += b.trade_count
+            report.mismatches.append(f"{batch.market} batch {batch.batch_seq}: {label} differs from the batch record")
+        settled.append(batch)
+        last_by_market[market_id(batch.market)] = batch
+        report.trades_settled += batch.trade_count
     if len({b.batch_hash for b in settled}) != len(settled):
         report.mismatches.append("a batch was settled more than once")
 

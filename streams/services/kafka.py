@@ -124,9 +124,9 @@ class KafkaCluster:
 
     def _java(self, node: KafkaNode, main: str, *args: str, heap: str | None = None) -> list[str]:
         java = require_java()
-        opts = [f"-Xms{heap}", f"-Xmx{heap}"] if heap else ["-Xmx256m"]
-        if heap:  # the broker: its collections, timestamped, to line up with latency spikes
-            opts.append(f"-Xlog:gc:file={node.home / 'logs' / 'gc.log'}:time,uptime:filecount=3,filesize=10m")
+        if heap:  # the broker; its collections are logged, timestamped, to line up with latency spikes
+            opts = [f"-Xms{heap}", f"-Xmx{heap}",
+                    f"-Xlog:gc:file={node.home / 'logs' / 'gc.log'}:time,uptime:filecount=3,filesize=10m"]
             if self.settings.kafka_jit == "c1":
                 # C2 recompiling the request path after a start kept a core busy for minutes: the
                 # first `xchg bench pipeline` after `make services` had p99 290-990 ms (C1 only:
@@ -134,6 +134,8 @@ class KafkaCluster:
                 # (broker 80-90 % of a core at 5,000/s vs ~65 % with C2) and a few ms at p50. The
                 # broker here lives for a session, so C1 (README "Benchmarks").
                 opts.append("-XX:TieredStopAtLevel=1")
+        else:  # a command-line tool (storage format)
+            opts = ["-Xmx256m"]
         return [
             # ZGC rather than Kafka's default G1: the broker allocates ~100 MB/s under an
             # exactly-once load, and on two busy cores G1's young pauses (every ~0.6 s, 15-230 ms
