@@ -15,6 +15,9 @@
    first (first transactions, connections, the books filling up) and the measured load starts
    once the engine has committed all of it.
 
+Both the throughput run and the measured latency load report the host's CPU split meanwhile
+(busy, and stolen by the hypervisor): on a shared VM a slow figure is often the neighbours'.
+
 ``run_recovery`` produces ``commands`` commands, lets an engine process consume them with the
 default snapshot interval, SIGKILLs it, starts a new one and measures from process start to the
 outcome of the first command produced after the kill.
@@ -37,6 +40,7 @@ from typing import Any
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from streams.bench.host import HostCpuSampler
 from streams.loadgen import OrderFlow, encode_flow, produce_flow, send_commands
 from streams.markets import MarketRegistry
 from streams.processors.matching import MatchingConfig, MatchingProcessor
@@ -108,7 +112,11 @@ def _preload(stage: Stage, commands: int, seed: int, report: Callable[[str], Non
 # -- 1. engine throughput ---------------------------------------------------------------------------
 
 
-def engine_throughput(stage: Stage, batch_size: int, report: Callable[[str], None]) -> float:
+def engine_throughput(
+    stage: Stage, batch_size: int, report: Callable[[str], None]
+) -> tuple[float, dict[str, float] | None]:
+    """Commands per second from the engine's first to its last commit, and the host's CPU split
+    over the run (``streams/bench/host.py``)."""
     registry = MarketRegistry.load(stage.settings.markets_file)
     processor = MatchingProcessor(
         MatchingConfig(
@@ -123,13 +131,27 @@ def engine_throughput(stage: Stage, batch_size: int, report: Callable[[str], Non
         registry,
         Codec(),
     )
-    processor.run()
+    host = HostCpuSampler()
+    host.start()
+    try:
+        processor.run()
+    finally:
+        host_cpu = host.stop()
     if processor.first_commit is None or processor.last_commit is None:
         raise RuntimeError("the engine committed nothing")
     (first_at, first_count), (last_at, last_count) = processor.first_commit, processor.last_commit
     rate = (last_count - first_count) / max(last_at - first_at, 1e-6)
     report(f"engine: {processor.processed} commands, {rate:,.0f}/s with exactly-once")
-    return rate
+    if host_cpu is not None:
+        report(_host_line(host_cpu))
+    return rate, host_cpu
+
+
+def _host_line(host_cpu: dict[str, float]) -> str:
+    return (
+        f"host CPU meanwhile: {host_cpu['busy_pct']}% busy, {host_cpu['steal_pct']}% stolen by the"
+        f" hypervisor (worst second {host_cpu['steal_pct_worst_second']}%)"
+    )
 
 
 # -- 2. passthrough ---------------------------------------------------------------------------------
@@ -294,10 +316,13 @@ def latency(
         produce_flow(producer, codec, flow, int(rate * warmup_s), rate, ns=stage.ns)
         _wait_committed(stage, f"{stage.ns.prefix}engine", stage.input_end(), proc, timeout=60)
         commands = list(encode_flow(flow, codec, int(rate * seconds)))  # encoded before the clock starts
+        host = HostCpuSampler()
+        host.start()
         with paused():
             load = send_commands(producer, commands, rate, on_send=scheduled.__setitem__, ns=stage.ns)
         # Done when the engine has committed every command and the watcher has gone quiet.
         _wait_committed(stage, f"{stage.ns.prefix}engine", stage.input_end(), proc, timeout=60)
+        host_cpu = host.stop()
         seen, quiet_since = len(watcher.seen), time.monotonic()
         while time.monotonic() - quiet_since < 1.0:
             time.sleep(0.1)
@@ -322,10 +347,15 @@ def latency(
         "achieved_send_per_second": round(load.rate, 1),
         "samples": len(samples),
         "sampled_one_event_in": watcher.sample,
+        # The host's cores during the measured load: a high steal share means the hypervisor, not
+        # the pipeline, set the tail (streams/bench/host.py).
+        "host_cpu": host_cpu,
     }
     report(
         f"latency at {rate:,.0f}/s: p50 {result['p50']} ms, p99 {result['p99']} ms, p99.9 {result['p999']} ms"
     )
+    if host_cpu is not None:
+        report(_host_line(host_cpu))
     return result
 
 
@@ -343,7 +373,7 @@ def run_pipeline(
     latency_stage = Stage.create(bootstrap, settings, "lat")
     try:
         _preload(throughput_stage, commands, 1, report)
-        engine_rate = engine_throughput(throughput_stage, batch_size, report)
+        engine_rate, throughput_host_cpu = engine_throughput(throughput_stage, batch_size, report)
         passthrough_rate = passthrough(throughput_stage, batch_size, report)
         lat = latency(latency_stage, rate, seconds, min(5.0, seconds / 2), log_dir, report)
     finally:
@@ -355,6 +385,7 @@ def run_pipeline(
         "ratio": round(engine_rate / passthrough_rate, 3),
         "commands": commands,
         "batch_size": batch_size,
+        "throughput_host_cpu": throughput_host_cpu,
         "latency_ms": lat,
     }
 
