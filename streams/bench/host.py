@@ -8,7 +8,10 @@ how much was stolen (the mean and the worst second), so a reader can tell the tw
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,38 +63,42 @@ class CpuShare:
 
 
 class HostCpuSampler(threading.Thread):
-    """Samples the host's CPU split once a second until ``stop()``, which gives the shares over
-    the whole run and the steal of its worst second."""
+    """Reads the host's CPU times once a second until ``stop()``, which gives the shares over the
+    run (or over a window of it) and the steal of its worst second."""
 
     INTERVAL_S = 1.0
 
     def __init__(self) -> None:
         super().__init__(daemon=True, name="host-cpu")
-        self.intervals: list[CpuShare] = []
-        self.first: CpuTimes | None = None
-        self.last: CpuTimes | None = None
+        self.readings: list[tuple[float, CpuTimes]] = []  # (time.monotonic(), times)
         self._stop_flag = threading.Event()
 
     def run(self) -> None:
-        self.first = previous = CpuTimes.read()
-        if previous is None:
-            return
-        while not self._stop_flag.wait(self.INTERVAL_S):
+        while True:
             now = CpuTimes.read()
             if now is None:
                 return
-            self.intervals.append(CpuShare.between(previous, now))
-            self.last, previous = now, now
+            self.readings.append((time.monotonic(), now))
+            if self._stop_flag.wait(self.INTERVAL_S):
+                return
 
-    def stop(self) -> dict[str, float] | None:
-        """Stop sampling; None if nothing could be read (no ``/proc/stat``) or no interval ended."""
+    def stop(self) -> None:
         self._stop_flag.set()
         self.join(5)
-        if self.first is None or self.last is None or not self.intervals:
+
+    def summary(self, since: float | None = None, until: float | None = None) -> dict[str, float] | None:
+        """The readings covering ``since``..``until`` (monotonic times; default: all), summarised:
+        None if fewer than two cover it (no ``/proc/stat``, or stopped within a second)."""
+        times = [t for t, _ in self.readings]
+        # From the last reading at or before ``since`` to the first at or after ``until``.
+        first = max(bisect.bisect_right(times, since) - 1, 0) if since is not None else 0
+        last = bisect.bisect_left(times, until) if until is not None else len(times) - 1
+        window = [cpu for _, cpu in self.readings[first:last + 1]]
+        if len(window) < 2:
             return None
-        whole = CpuShare.between(self.first, self.last)
+        whole = CpuShare.between(window[0], window[-1])
         return {
             "busy_pct": whole.busy_pct,
             "steal_pct": whole.steal_pct,
-            "steal_pct_worst_second": max(share.steal_pct for share in self.intervals),
+            "steal_pct_worst_second": max(CpuShare.between(a, b).steal_pct for a, b in itertools.pairwise(window)),
         }

@@ -136,10 +136,11 @@ def engine_throughput(
     try:
         processor.run()
     finally:
-        host_cpu = host.stop()
+        host.stop()
     if processor.first_commit is None or processor.last_commit is None:
         raise RuntimeError("the engine committed nothing")
     (first_at, first_count), (last_at, last_count) = processor.first_commit, processor.last_commit
+    host_cpu = host.summary(first_at, last_at)  # the measured span, not the idle wait before the exit
     rate = (last_count - first_count) / max(last_at - first_at, 1e-6)
     report(f"engine: {processor.processed} commands, {rate:,.0f}/s with exactly-once")
     if host_cpu is not None:
@@ -322,7 +323,8 @@ def latency(
             load = send_commands(producer, commands, rate, on_send=scheduled.__setitem__, ns=stage.ns)
         # Done when the engine has committed every command and the watcher has gone quiet.
         _wait_committed(stage, f"{stage.ns.prefix}engine", stage.input_end(), proc, timeout=60)
-        host_cpu = host.stop()
+        host.stop()
+        host_cpu = host.summary()
         seen, quiet_since = len(watcher.seen), time.monotonic()
         while time.monotonic() - quiet_since < 1.0:
             time.sleep(0.1)
