@@ -10,21 +10,48 @@ the snapshot's ``next_offset``, which is all recovery needs (it loads the newest
 ``next_offset`` does not pass the committed offset).
 
 The child only computes and writes to the pipe, then ``os._exit``s: it touches no Kafka client,
-runs no atexit handler and flushes no inherited buffer.
+runs no atexit handler and flushes no inherited buffer. It dies with the engine: a SIGKILLed
+engine must not leave an encoder running beside its successor's recovery (on Linux the kernel
+kills the child when the parent dies; elsewhere the child notices at its write to the pipe).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import pickle
 import signal
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from streams.runtime.partition import PartitionState
 from streams.serde.codec import Codec
 from streams.serde.topics import ENGINE_HASHES, ENGINE_SNAPSHOTS
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _parent_death_signal() -> Callable[[int, int], int] | None:
+    # Looked up in the parent: a child forked from a threaded process must not load libraries.
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
+
+
+_PRCTL = _parent_death_signal()
+
+
+def die_with_parent(parent: int) -> None:
+    """In a forked child: be SIGKILLed when ``parent`` dies (Linux), and exit now if it already
+    has (it died between the fork and this call: the child was re-parented)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -54,10 +81,12 @@ class BackgroundSnapshot:
 
     def __init__(self, state: PartitionState, codec: Codec) -> None:
         read_fd, write_fd = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: encode, write, exit without running any parent cleanup
             code = 0
             try:
+                die_with_parent(parent)
                 os.close(read_fd)
                 payload = pickle.dumps(encode_snapshot(state, codec), protocol=pickle.HIGHEST_PROTOCOL)
                 view = memoryview(payload)
