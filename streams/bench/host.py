@@ -2,8 +2,9 @@
 
 On a virtual machine the hypervisor can take the cores away (*steal* time) for seconds at a
 time; a latency figure measured then says more about the neighbours than about the pipeline.
-The latency benchmark therefore reports, next to its percentiles, how busy the cores were and
-how much was stolen (the mean and the worst second), so a reader can tell the two apart.
+The pipeline benchmark therefore reports, next to its throughput and its latency percentiles,
+how busy the cores were and how much was stolen (the mean and the worst second), so a reader can
+tell the two apart.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ class CpuShare:
 
 
 class HostCpuSampler(threading.Thread):
-    """Reads the host's CPU times once a second until ``stop()``, which gives the shares over the
-    run (or over a window of it) and the steal of its worst second."""
+    """Reads the host's CPU times once a second until ``stop()``; ``summary()`` gives the shares
+    over the run (or over a window of it) and the steal of its worst second."""
 
     INTERVAL_S = 1.0
 

@@ -47,7 +47,8 @@ _PRCTL = _parent_death_signal()
 
 def die_with_parent(parent: int) -> None:
     """In a forked child: be SIGKILLed when ``parent`` dies (Linux), and exit now if it already
-    has (it died between the fork and this call: the child was re-parented)."""
+    has (it died between the fork and this call: the child was re-parented). Linux sends the
+    signal when the *thread* that forked ends: the engine forks from its main thread."""
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
