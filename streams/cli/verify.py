@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streams.cli.errors import guarded
+from streams.cli.errors import fail, guarded
 from streams.settings import load_settings
 
 app = typer.Typer(help="Check the output topics and the engine's state.", no_args_is_help=True)
@@ -53,15 +53,27 @@ def stream(outcomes: bool = typer.Option(False, help="also check one outcome per
 
 @app.command()
 @guarded
-def replay(partition: int = typer.Option(..., help="orders.commands partition to rebuild")) -> None:
+def replay(partition: int = typer.Option(..., min=0, help="orders.commands partition to rebuild")) -> None:
     """Rebuild a partition offline from its whole input log and compare the live state hashes."""
+    from confluent_kafka.admin import AdminClient
+
     from streams.markets import MarketRegistry
     from streams.runtime.recovery import recover
     from streams.serde.codec import Codec
+    from streams.serde.topics import ORDERS_COMMANDS
 
     settings = load_settings()
+    bootstrap = _bootstrap()
+    # Checked up front: reading a partition that does not exist would only fail after the
+    # reader's retries for a topic whose metadata is still on its way.
+    topic = settings.namespace(ORDERS_COMMANDS)
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30).topics.get(topic)
+    count = len(metadata.partitions) if metadata is not None and metadata.error is None else 0
+    if partition >= count:
+        raise fail(f"{topic} has {count} partition(s) (0..{count - 1}); there is no partition {partition}"
+                   if count else f"{topic} does not exist on {bootstrap}")
     state, report = recover(
-        _bootstrap(), MarketRegistry.load(settings.markets_file), Codec(schema_registry_url=settings.schema_registry_url),
+        bootstrap, MarketRegistry.load(settings.markets_file), Codec(schema_registry_url=settings.schema_registry_url),
         partition, settings.namespace, target_offset=None, use_snapshot=False, strict=False,
         progress=lambda done, total: console.print(f"[dim]replayed {done}/{total}[/dim]"),
     )

@@ -126,7 +126,8 @@ class MatchingProcessor:
                 "fetch.min.bytes": 100_000,
             },
         ))
-        self._committers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="commit")
+        # Broker round trips done in parallel (GIL released): commits, and recoveries of several partitions.
+        self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kafka-wait")
         self.needs_recovery: set[int] = set()  # owned partitions paused until they are recovered
         self._stop = False
         self.processed = 0
@@ -150,11 +151,37 @@ class MatchingProcessor:
         producer.init_transactions(self.config.commit_timeout_s)
         return producer
 
-    def _take(self, partition: int) -> _Owned:
-        """Fence the previous owner, then rebuild the partition's state up to the committed offset."""
+    def _take_all(self, partitions: list[int]) -> dict[int, _Owned]:
+        """Take ``partitions``: fence their previous owners, read their committed offsets in one
+        request, and rebuild each (``_rebuild``). Fencing and rebuilding run in parallel, as much
+        of them is waiting on the broker; one partition after another, those waits added up at
+        start-up. Partitions rebuilt are owned even if another failed; the first failure is
+        raised once all have finished."""
+        if not partitions:
+            return {}
+        # Fence first: until the new producer has aborted the previous owner's open transaction,
+        # its pending offset commit keeps the group's committed offset unstable and unreadable.
+        producers = dict(zip(partitions, self._workers.map(self._producer, partitions), strict=True))
+        committed = {tp.partition: tp.offset for tp in self.consumer.committed(
+            [TopicPartition(self.input_topic, p) for p in partitions], timeout=30)}
+        futures = {p: self._workers.submit(self._rebuild, p, producers[p], committed[p]) for p in partitions}
+        taken: dict[int, _Owned] = {}
+        failure: BaseException | None = None
+        for partition, future in futures.items():
+            try:
+                taken[partition] = future.result()
+            except BaseException as error:  # re-raised below, once all have finished
+                failure = failure or error
+        self.owned.update(taken)
+        OWNED_PARTITIONS.set(len(self.owned))
+        if failure is not None:
+            raise failure
+        return taken
+
+    def _rebuild(self, partition: int, producer: Producer, committed: int) -> _Owned:
+        """The partition's state up to ``committed`` (the group's committed input offset;
+        negative: none yet), from its newest snapshot and the input after it."""
         started = time.monotonic()
-        producer = self._producer(partition)  # fences the previous owner and aborts its open txn
-        committed = self.consumer.committed([TopicPartition(self.input_topic, partition)], timeout=30)[0].offset
         state, report = recover(
             self.config.bootstrap, self.registry, self.codec, partition, self.ns,
             target_offset=committed if committed >= 0 else 0,
@@ -165,10 +192,7 @@ class MatchingProcessor:
         log.info("partition recovered", partition=partition, snapshot_offset=report.snapshot_offset,
                  committed=committed, replayed=report.replayed, hashes_checked=report.hashes_checked,
                  seconds=round(time.monotonic() - started, 3))
-        owned = _Owned(state, producer, report.snapshot_offset)
-        self.owned[partition] = owned
-        OWNED_PARTITIONS.set(len(self.owned))
-        return owned
+        return _Owned(state, producer, report.snapshot_offset)
 
     def _release(self, partition: int) -> None:
         owned = self.owned.pop(partition, None)
@@ -181,9 +205,9 @@ class MatchingProcessor:
                 owned.producer.flush(0)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        taken = self._take_all([tp.partition for tp in partitions])
         for tp in partitions:
-            owned = self._take(tp.partition)
-            tp.offset = owned.state.next_offset
+            tp.offset = taken[tp.partition].state.next_offset
         consumer.incremental_assign(partitions)
         # librdkafka keeps a partition's pause flag across revoke and re-assign: one paused by a
         # failed transaction just before it was lost would otherwise never be fetched again.
@@ -255,7 +279,7 @@ class MatchingProcessor:
                 except KafkaException as exc:
                     log.warning("final snapshot failed", partition=partition, error=str(exc))
             self._release(partition)
-        self._committers.shutdown(wait=True)
+        self._workers.shutdown(wait=True)
         with contextlib.suppress(KafkaException):
             self.consumer.close()
 
@@ -278,7 +302,7 @@ class MatchingProcessor:
         if len(jobs) == 1:
             outcomes = [self._try_commit(*jobs[0])]
         else:
-            outcomes = list(self._committers.map(lambda job: self._try_commit(*job), jobs))
+            outcomes = list(self._workers.map(lambda job: self._try_commit(*job), jobs))
         done = time.monotonic()
         if done - started > SLOW_BATCH_S:
             log.warning("slow batch", stage_ms=round((staged_at - started) * 1000, 1),
@@ -332,14 +356,12 @@ class MatchingProcessor:
         """Recover the paused partitions still assigned: rebuild, seek to the committed offset, resume."""
         pending, self.needs_recovery = self.needs_recovery, set()
         assigned = {tp.partition for tp in self.consumer.assignment()}
-        recovered = set()
-        for partition in sorted(pending & assigned):
-            owned = self._take(partition)
+        taken = self._take_all(sorted(pending & assigned))
+        for partition, owned in taken.items():
             tp = TopicPartition(self.input_topic, partition, owned.state.next_offset)
             self.consumer.seek(tp)
             self.consumer.resume([tp])
-            recovered.add(partition)
-        return recovered
+        return set(taken)
 
     def _stage(self, partition: int, owned: _Owned, batch: list[Message]) -> int | None:
         """Begin the partition's transaction and produce the batch's outputs (offsets and commit

@@ -29,9 +29,13 @@ def standalone_consumer(bootstrap: str, **overrides: object) -> Consumer:
     return Consumer(config)
 
 
-# Errors of a partition whose leader is moving or not elected yet (a topic just created).
+# Errors of a partition whose leader is moving or not elected yet (a topic just created), and the
+# client-side "unknown" of a topic or partition whose metadata has not reached this client yet
+# (seen right after a broker restart with many topics). A partition that really does not exist
+# fails once the retry time is up.
 _TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._TIMED_OUT}
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION,
+              KafkaError._TRANSPORT, KafkaError._TIMED_OUT}
 
 
 def _retriable(error: Exception) -> bool:

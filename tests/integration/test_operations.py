@@ -147,3 +147,26 @@ def test_kill_switch_is_ordered_with_orders(kafka_bootstrap: str, unique: str) -
     assert isinstance(outcome["after-resume"], OrderAccepted)
     cancelled = [e for e in btc if type(e).__name__ == "OrderCancelled"]
     assert {e.order_id for e in cancelled} == {"before-halt", "after-resume"}  # type: ignore[attr-defined]
+
+
+def test_verify_replay_rebuilds_a_partition_and_names_a_missing_one(kafka_bootstrap: str, unique: str) -> None:
+    ns = fresh_namespace(kafka_bootstrap, f"vr-{unique}")
+    env = {"EXCHANGE_KAFKA_BOOTSTRAP": kafka_bootstrap, "EXCHANGE_TOPIC_PREFIX": ns.prefix}
+    codec = Codec()
+    producer = make_producer(kafka_bootstrap)
+    spec = MarketRegistry.load(load_settings().markets_file).get("BTC-USD").spec()
+    for i in range(3):
+        cmd = Place(f"c-{i}", 0, f"o-{i}", "acct1", Side.BUY, OrderType.LIMIT, (100 + i) * spec.tick, spec.min_qty)
+        producer.produce(ns(ORDERS_COMMANDS), codec.encode(ORDERS_COMMANDS, command_to_record("BTC-USD", cmd)),
+                         b"BTC-USD", partition=2)
+    assert producer.flush(30) == 0
+
+    replayed = xchg("verify", "replay", "--partition", "2", env=env)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "partition 2: replayed 3 commands" in replayed.stdout
+    assert "BTC-USD: seq 3" in replayed.stdout
+
+    missing = xchg("verify", "replay", "--partition", "9", env=env)
+    assert missing.returncode == 1
+    assert "has 4 partition(s) (0..3); there is no partition 9" in missing.stderr
+    assert "Traceback" not in missing.stderr
