@@ -43,7 +43,7 @@ from connectors.settlement.economics import MarketUnits, account_address
 from connectors.settlement.errors import SettlementError
 from streams.observability import get_logger
 from streams.runtime.clients import consumer_config, producer_config
-from streams.runtime.reader import read_range, standalone_consumer, watermarks
+from streams.runtime.reader import read_range, standalone_consumer, topic_partitions, watermarks
 from streams.serde.codec import Codec
 from streams.serde.topics import SETTLEMENT_BATCHES, TRADES
 from streams.settings import Settings
@@ -67,10 +67,10 @@ def batch_config(settings: Settings) -> BatchConfig:
 
 
 def _partitions(consumer: Consumer, topic: str) -> list[int]:
-    meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
-    if meta is None or meta.error is not None or not meta.partitions:
+    partitions = topic_partitions(consumer, topic)
+    if not partitions:
         raise SettlementError(f"topic {topic} not found (xchg topics apply)")
-    return sorted(meta.partitions)
+    return partitions
 
 
 DEPLOYMENT_HEADER = "xchg.settlement"

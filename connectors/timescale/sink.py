@@ -62,6 +62,7 @@ from psycopg.types.json import Jsonb
 from streams.observability import DB_QUERY_SECONDS, SINK_ANOMALIES, SINK_CIRCUIT, SINK_ROWS, get_logger
 from streams.runtime.clients import consumer_config, producer_config
 from streams.runtime.namespace import Namespace
+from streams.runtime.reader import topic_partitions
 from streams.runtime.sequence import SequenceTracker, Verdict
 from streams.serde.codec import Codec, DecodeError
 from streams.serde.topics import DLQ_SINK, MD_BOOK, MD_CANDLES, ORDERS_EVENTS, TRADES
@@ -320,10 +321,10 @@ class TimescaleSink:
         partitions: list[TopicPartition] = []
         for logical in INPUT_TOPICS:
             physical = self.ns(logical)
-            meta = self.consumer.list_topics(physical, timeout=30).topics.get(physical)
-            if meta is None or meta.error is not None or not meta.partitions:
+            topic_parts = topic_partitions(self.consumer, physical)
+            if not topic_parts:
                 raise RuntimeError(f"topic {physical} does not exist (run `xchg topics apply`)")
-            for p in sorted(meta.partitions):
+            for p in topic_parts:
                 partitions.append(TopicPartition(physical, p, stored.get((physical, p), OFFSET_BEGINNING)))
         self.partitions = partitions
         self.position = {(tp.topic, tp.partition): tp.offset for tp in partitions}

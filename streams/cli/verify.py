@@ -58,6 +58,7 @@ def replay(partition: int = typer.Option(..., min=0, help="orders.commands parti
     from confluent_kafka.admin import AdminClient
 
     from streams.markets import MarketRegistry
+    from streams.runtime.reader import topic_partitions
     from streams.runtime.recovery import recover
     from streams.serde.codec import Codec
     from streams.serde.topics import ORDERS_COMMANDS
@@ -67,8 +68,7 @@ def replay(partition: int = typer.Option(..., min=0, help="orders.commands parti
     # Checked up front: reading a partition that does not exist would only fail after the
     # reader's retries for a topic whose metadata is still on its way.
     topic = settings.namespace(ORDERS_COMMANDS)
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30).topics.get(topic)
-    count = len(metadata.partitions) if metadata is not None and metadata.error is None else 0
+    count = len(topic_partitions(AdminClient({"bootstrap.servers": bootstrap}), topic))
     if partition >= count:
         raise fail(f"{topic} has {count} partition(s) (0..{count - 1}); there is no partition {partition}"
                    if count else f"{topic} does not exist on {bootstrap}")

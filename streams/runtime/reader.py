@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import stamina
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streams.runtime.clients import consumer_config
 
@@ -43,6 +44,14 @@ def _retriable(error: Exception) -> bool:
         return False
     kafka_error: KafkaError = error.args[0]
     return kafka_error.retriable() or kafka_error.code() in _TRANSIENT
+
+
+def topic_partitions(client: Consumer | AdminClient, topic: str, timeout: float = 30.0) -> list[int]:
+    """The partition numbers of ``topic``, sorted; empty if the broker does not know the topic."""
+    meta = client.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return []
+    return sorted(meta.partitions)
 
 
 def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0) -> tuple[int, int]:
