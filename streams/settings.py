@@ -61,12 +61,16 @@ class Settings(BaseSettings):
     chain_id: int = Field(default=31337, gt=0)
 
     # Matching processor (xchg engine run); CLI options override these per process.
-    engine_group: str = "xchg-engine"
-    engine_instance_id: str = "engine-1"
-    engine_transactional_prefix: str = "xchg-engine"
+    # Client identities: unset = derived from the namespace (see ``client_identity``), so that two
+    # namespaces on one cluster never share a group, a static member id or a transactional id.
+    engine_group: str | None = None  # default <prefix>xchg-engine
+    engine_instance_id: str | None = None  # default <prefix>engine-1
+    engine_transactional_prefix: str | None = None  # default <prefix>xchg-engine
     engine_batch_size: int = Field(default=2000, gt=0)
     engine_linger_ms: int = Field(default=5, ge=0)
     engine_snapshot_every: int = Field(default=25_000, gt=0)
+    # State hashes alone, between snapshots: what a recovery's replay is checked against.
+    engine_hash_every: int = Field(default=5_000, gt=0)
     engine_session_timeout_ms: int = Field(default=10_000, ge=3000)
 
     # Settlement (xchg settle ...): batching, fees, finality, fee bumps (connectors/settlement).
@@ -85,7 +89,9 @@ class Settings(BaseSettings):
     settlement_deployment_file: Path | None = None
 
     # Analytics sink (xchg sink timescale) and market data (xchg marketdata run).
-    sink_name: str = "xchg-sink"  # key of the sink's offsets in kafka_offsets (one sink instance per name)
+    # Key of the sink's offsets in kafka_offsets and its consumer group (one sink instance per
+    # name); unset = <prefix>xchg-sink.
+    sink_name: str | None = None
     sink_batch_size: int = Field(default=20_000, gt=0)
     sink_linger_ms: int = Field(default=200, ge=0)
     book_snapshot_interval_s: int = Field(default=60, gt=0)  # L2 snapshots every N seconds of event time
@@ -108,6 +114,28 @@ class Settings(BaseSettings):
     @property
     def namespace(self) -> Namespace:
         return Namespace(self.topic_prefix)
+
+    def client_identity(self, explicit: str | None, base: str) -> str:
+        """A Kafka client identity (group, static member id, transactional id prefix, sink name):
+        the configured value, or ``base`` inside the namespace. Every identity of every command
+        is derived here, so two namespaces with default settings never fence each other."""
+        return explicit if explicit else self.namespace(base)
+
+    @property
+    def engine_group_id(self) -> str:
+        return self.client_identity(self.engine_group, "xchg-engine")
+
+    @property
+    def engine_instance(self) -> str:
+        return self.client_identity(self.engine_instance_id, "engine-1")
+
+    @property
+    def engine_transactional_id_prefix(self) -> str:
+        return self.client_identity(self.engine_transactional_prefix, "xchg-engine")
+
+    @property
+    def sink_identity(self) -> str:
+        return self.client_identity(self.sink_name, "xchg-sink")
 
     @property
     def local_kafka(self) -> bool:

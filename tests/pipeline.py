@@ -55,16 +55,21 @@ class EngineProcess:
 
     started: list[EngineProcess] = []  # noqa: RUF012 - a registry shared by design
 
-    def __init__(self, bootstrap: str, ns: Namespace, group: str, instance: str, log_dir: Path,
+    def __init__(self, bootstrap: str, ns: Namespace, group: str | None, instance: str | None, log_dir: Path,
                  env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
-        self.bootstrap, self.group, self.instance = bootstrap, group, instance
-        self.log_path = log_dir / f"{instance}.log"
+        """``group`` None: the engine's own group and transactional ids (derived from the
+        namespace); ``instance`` None: its own static member id."""
+        self.bootstrap, self.instance = bootstrap, instance
+        self.group = group or ns("xchg-engine")
+        self.log_path = log_dir / f"{instance or ns.prefix + 'engine'}.log"
+        identity = {} if group is None else {"EXCHANGE_ENGINE_GROUP": group,
+                                             "EXCHANGE_ENGINE_TRANSACTIONAL_PREFIX": f"{group}-txn"}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_ENGINE_")}
         self.env = {
-            **os.environ,
+            **inherited,
             "EXCHANGE_KAFKA_BOOTSTRAP": bootstrap,
-            "EXCHANGE_ENGINE_GROUP": group,
             "EXCHANGE_TOPIC_PREFIX": ns.prefix,
-            "EXCHANGE_ENGINE_TRANSACTIONAL_PREFIX": f"{group}-txn",
+            **identity,
             # Long enough that a broker slowed by a loaded machine does not expire healthy members.
             "EXCHANGE_ENGINE_SESSION_TIMEOUT_MS": "10000",
             **(env or {}),
@@ -77,7 +82,7 @@ class EngineProcess:
         self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*XCHG, "engine", "run", "--instance", self.instance, *self.args],
+                [*XCHG, "engine", "run", *(["--instance", self.instance] if self.instance else []), *self.args],
                 env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
             )
         return self
@@ -93,7 +98,7 @@ class EngineProcess:
             assert self.alive(), f"engine exited: see {self.log_path}"
             return '"assigned"' in self.log_since_start()
 
-        wait_for(ready, timeout, f"{self.instance} to be assigned partitions")
+        wait_for(ready, timeout, f"{self.log_path.stem} to be assigned partitions")
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None

@@ -42,7 +42,7 @@ def ingest_and_report(settings: Settings, rows: int = 10) -> str:
     migrate(settings.writer_dsn())
     run_candles(settings, bootstrap)
     config = SinkConfig(bootstrap=bootstrap, dsn=settings.writer_dsn(), namespace=settings.namespace,
-                        name=settings.sink_name, batch_size=settings.sink_batch_size, linger_ms=settings.sink_linger_ms,
+                        name=settings.sink_identity, batch_size=settings.sink_batch_size, linger_ms=settings.sink_linger_ms,
                         book_snapshot_interval_s=settings.book_snapshot_interval_s,
                         retention_days=settings.retention_days, until_caught_up=True,
                         schema_registry_url=settings.schema_registry_url)

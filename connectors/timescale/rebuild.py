@@ -167,7 +167,7 @@ def run_cli(settings: Any, since_text: str | None, yes: bool, console: Any) -> N
         typer.confirm(f"delete the analytics rows {'from ' + since.isoformat() if since else 'of every time'}"
                       " and rebuild them from the topics?", abort=True)
     config = SinkConfig(bootstrap=KafkaCluster(settings).bootstrap_servers(), dsn=settings.writer_dsn(),
-                        namespace=settings.namespace, name=settings.sink_name, batch_size=settings.sink_batch_size,
+                        namespace=settings.namespace, name=settings.sink_identity, batch_size=settings.sink_batch_size,
                         linger_ms=settings.sink_linger_ms, book_snapshot_interval_s=settings.book_snapshot_interval_s,
                         retention_days=settings.retention_days, schema_registry_url=settings.schema_registry_url)
     with Progress(TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),

@@ -57,8 +57,8 @@ def demo(commands: int = typer.Option(20_000, help="commands to produce"),
 
     console.rule("2. matching engine (exactly-once transactions)")
     processor = MatchingProcessor(
-        MatchingConfig(bootstrap=bootstrap, group_id=settings.engine_group, instance_id="demo",
-                       transactional_prefix=settings.engine_transactional_prefix, idle_exit_s=3.0,
+        MatchingConfig(bootstrap=bootstrap, group_id=settings.engine_group_id, instance_id="demo",
+                       transactional_prefix=settings.engine_transactional_id_prefix, idle_exit_s=3.0,
                        snapshot_every=settings.engine_snapshot_every,
                        namespace=ns),
         registry, codec)

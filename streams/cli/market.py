@@ -49,6 +49,8 @@ def _markets(market: str | None, all_markets: bool) -> list[str]:
         return registry.symbols()
     if market is None:
         raise fail("name a MARKET or pass --all")
+    if market == "*":
+        raise fail("there is no market '*': pass --all to send the command to every market")
     registry.get(market)  # unknown market → one-line error
     return [market]
 

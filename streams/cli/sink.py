@@ -30,7 +30,7 @@ def timescale(
     settings = load_settings()
     config = SinkConfig(
         bootstrap=KafkaCluster(settings).bootstrap_servers(), dsn=settings.writer_dsn(),
-        namespace=settings.namespace, name=settings.sink_name,
+        namespace=settings.namespace, name=settings.sink_identity,
         batch_size=batch_size or settings.sink_batch_size, linger_ms=settings.sink_linger_ms,
         book_snapshot_interval_s=settings.book_snapshot_interval_s, retention_days=settings.retention_days,
         until_caught_up=until_caught_up, idle_exit_s=idle_exit, max_runtime_s=max_runtime,

@@ -45,7 +45,7 @@ from streams.observability import (
     TXN_SECONDS,
     get_logger,
 )
-from streams.runtime.clients import consumer_config, producer_config
+from streams.runtime.clients import consumer_config, producer_config, raise_if_fatal
 from streams.runtime.crashpoints import crash_point
 from streams.runtime.namespace import DEFAULT, Namespace
 from streams.runtime.partition import PartitionState, Processed
@@ -69,10 +69,6 @@ log = get_logger("matching")
 SLOW_BATCH_S = 0.25  # a batch slower than this is logged with where its time went
 
 
-class ConsumerFatal(RuntimeError):
-    """The group consumer hit a fatal error (e.g. fenced static member); the process must restart."""
-
-
 @dataclass(frozen=True)
 class MatchingConfig:
     bootstrap: str
@@ -82,6 +78,9 @@ class MatchingConfig:
     batch_size: int = 2000
     linger_ms: int = 5
     snapshot_every: int = 25_000  # per partition; each snapshot also publishes the state hashes
+    # Per partition: publish the state hashes alone this often, so that a recovery (which
+    # replays from the newest snapshot) crosses recorded hashes and checks its replay.
+    hash_every: int = 5_000
     session_timeout_ms: int = 10_000
     commit_timeout_s: float = 30.0
     max_runtime_s: float | None = None  # stop after this long (benchmarks, demos)
@@ -97,7 +96,8 @@ class _Owned:
         self.producer = producer
         self.snapshot_offset = snapshot_offset  # next_offset of the newest snapshot produced
         self.since_snapshot = 0
-        self.pending: BackgroundSnapshot | None = None  # a snapshot being encoded by a child
+        self.since_hash = 0
+        self.pending: BackgroundSnapshot | None = None  # a snapshot or hash checkpoint being encoded by a child
         self.book_seq: dict[str, int] = {}  # last seq published on md.book per market (0: none yet)
 
 
@@ -254,10 +254,9 @@ class MatchingProcessor:
                 for message in messages:
                     error = message.error()
                     if error is not None:
-                        if error.fatal():
-                            # e.g. another consumer took this instance id: stop rather than fight it
-                            # (a supervisor restarts the process, which then rejoins cleanly).
-                            raise ConsumerFatal(error.str())
+                        # e.g. another consumer took this instance id (ClientFatal): stop rather
+                        # than sit idle owning nothing; a supervisor restarts the process.
+                        raise_if_fatal(error)
                         if error.code() != KafkaError._PARTITION_EOF:
                             log.warning("consume error", error=error.str())
                         continue
@@ -349,7 +348,10 @@ class MatchingProcessor:
         us (that is why we were fenced), its revocation arrives there and we must not fence the
         new owner by recreating the producer."""
         self._release(partition)
-        self.consumer.pause([TopicPartition(self.input_topic, partition)])
+        # Unpaused (the client no longer knows the partition), its records are skipped as not
+        # owned, and recovery seeks back to the committed offset anyway.
+        with contextlib.suppress(KafkaException):
+            self.consumer.pause([TopicPartition(self.input_topic, partition)])
         self.needs_recovery.add(partition)
 
     def _recover_pending(self) -> set[int]:
@@ -357,11 +359,22 @@ class MatchingProcessor:
         pending, self.needs_recovery = self.needs_recovery, set()
         assigned = {tp.partition for tp in self.consumer.assignment()}
         taken = self._take_all(sorted(pending & assigned))
+        resumed: set[int] = set()
         for partition, owned in taken.items():
             tp = TopicPartition(self.input_topic, partition, owned.state.next_offset)
-            self.consumer.seek(tp)
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as exc:
+                # The client does not know the partition (yet, or any more: a rebalance is under
+                # way, or its metadata has not arrived): keep it paused and try again after the
+                # next consume(), which serves the rebalance first. Never a reason to exit.
+                log.warning("seek failed; recovering the partition again after the next poll",
+                            partition=partition, offset=tp.offset, error=str(exc))
+                self._recover_after_failure(partition)
+                continue
             self.consumer.resume([tp])
-        return set(taken)
+            resumed.add(partition)
+        return resumed
 
     def _stage(self, partition: int, owned: _Owned, batch: list[Message]) -> int | None:
         """Begin the partition's transaction and produce the batch's outputs (offsets and commit
@@ -420,6 +433,7 @@ class MatchingProcessor:
         COMMANDS.labels(str(partition)).inc(processed)
         self.processed += processed  # counted when staged: a failed batch is processed again
         owned.since_snapshot += processed
+        owned.since_hash += processed
         crash_point("after-produce")
         if owned.pending is not None:
             try:
@@ -431,9 +445,14 @@ class MatchingProcessor:
                 owned.pending = None
                 self._produce_snapshot(producer, ready)
                 crash_point("during-snapshot")
-        if owned.pending is None and owned.since_snapshot >= self.config.snapshot_every:
-            owned.pending = BackgroundSnapshot(state, self.codec)
-            owned.since_snapshot = 0
+        if owned.pending is None:
+            # One child at a time per partition; a snapshot carries hashes too, so it resets both.
+            if owned.since_snapshot >= self.config.snapshot_every:
+                owned.pending = BackgroundSnapshot(state, self.codec)
+                owned.since_snapshot = owned.since_hash = 0
+            elif owned.since_hash >= self.config.hash_every:
+                owned.pending = BackgroundSnapshot(state, self.codec, hashes_only=True)
+                owned.since_hash = 0
         return oldest_ts
 
     def _commit(self, producer: Producer) -> None:
@@ -474,13 +493,15 @@ class MatchingProcessor:
             self._produce(producer, MD_BOOK, market.encode(), self.codec.encode(MD_BOOK, record))
 
     def _produce_snapshot(self, producer: Producer, records: SnapshotRecords) -> None:
-        """The snapshot to ``engine.snapshots`` and its hashes to ``engine.hashes``, both in the
-        input partition's own partition, inside the open transaction."""
+        """The snapshot (if any: a hash checkpoint has none) to ``engine.snapshots`` and its
+        hashes to ``engine.hashes``, both in the input partition's own partition, inside the open
+        transaction."""
         partition = records.partition
-        owned = self.owned.get(partition)
-        if owned is not None:
-            owned.snapshot_offset = records.next_offset
-        self._produce(producer, ENGINE_SNAPSHOTS, str(partition).encode(), records.snapshot, partition=partition)
+        if records.snapshot is not None:
+            owned = self.owned.get(partition)
+            if owned is not None:
+                owned.snapshot_offset = records.next_offset
+            self._produce(producer, ENGINE_SNAPSHOTS, str(partition).encode(), records.snapshot, partition=partition)
         for key, value in records.hashes:
             self._produce(producer, ENGINE_HASHES, key, value, partition=partition)
 

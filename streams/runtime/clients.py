@@ -12,9 +12,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 
 PARTITIONER = "murmur2_random"
+
+
+class ClientFatal(RuntimeError):
+    """A Kafka client can no longer do its work (fenced static member, fatal client error, no
+    authorisation): the process must exit non-zero and be restarted, never idle on."""
+
+
+# Errors a consumer reports that no retry will cure. librdkafka delivers its fatal errors to a
+# consumer as a message whose code is _FATAL and whose fatal() is False (the underlying error is
+# in the text), so the code must be checked as well as the flag.
+_FATAL_CODES = frozenset({
+    KafkaError._FATAL,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+})
+
+
+def is_fatal(error: KafkaError) -> bool:
+    """True when ``error`` means this client is finished (see ``_FATAL_CODES``)."""
+    return bool(error.fatal()) or error.code() in _FATAL_CODES
+
+
+def raise_if_fatal(error: KafkaError | None) -> None:
+    """Raise ``ClientFatal`` for an error a consumer cannot go on after; every consume loop of
+    the project passes its message errors through here."""
+    if error is not None and is_fatal(error):
+        raise ClientFatal(f"{error.name()}: {error.str()}")
 
 
 def producer_config(bootstrap: str, transactional_id: str | None = None, **overrides: Any) -> dict[str, Any]:

@@ -22,11 +22,19 @@ from typing import Any
 
 from streams.domain.commands import Command
 from streams.domain.events import Event
+from streams.engine.errors import SnapshotError
 from streams.engine.matcher import Engine
 from streams.markets import MarketRegistry
 from streams.runtime.records import RecordError, command_from_record
 from streams.serde.codec import Codec, DecodeError
 from streams.serde.topics import ORDERS_COMMANDS
+
+# Once documented as "every market" (a global halt), which one record cannot be: it lands in one
+# partition and cannot be ordered against the other partitions' orders. It has its own reason
+# so that a producer still sending it learns what to do instead.
+WILDCARD_MARKET = "*"
+WILDCARD_DETAIL = ("market '*' is not supported: halt every market with one SetMarketState per market "
+                   "(xchg market halt --all), each ordered with that market's orders")
 
 
 class StateMismatch(RuntimeError):
@@ -79,6 +87,8 @@ class PartitionState:
         except (RecordError, KeyError, ValueError) as error:
             return Processed(offset, dead=DeadLetter("invalid_command", str(error)))
         if market not in self.registry:
+            if market == WILDCARD_MARKET:
+                return Processed(offset, market=market, dead=DeadLetter("market_wildcard", WILDCARD_DETAIL))
             return Processed(offset, market=market, dead=DeadLetter("unknown_market", f"market {market!r}"))
         events = self.engine(market).apply(command)
         return Processed(offset, market, command, events)
@@ -110,12 +120,23 @@ class PartitionState:
         state.next_offset = record["next_offset"]
         state.commands = record["commands"]
         for entry in record["markets"]:
-            raw = zlib.decompress(entry["state"])
+            where = (f"snapshot of partition {state.partition} at offset {state.next_offset}, "
+                     f"market {entry['market']}")
+            try:
+                raw = zlib.decompress(entry["state"])
+            except zlib.error as error:
+                raise StateMismatch(f"{where}: state does not decompress ({error})") from None
             # The state hash is the sha256 of the canonical bytes, and restore() checks that the
             # bytes are canonical: hashing the bytes here is the same check without re-encoding.
-            if hashlib.sha256(raw).hexdigest() != entry["state_hash"]:
-                raise StateMismatch(f"snapshot of {entry['market']} does not match its recorded hash")
-            state.engines[entry["market"]] = Engine.restore(registry.get(entry["market"]).spec(), raw)
-        if state.state_hash() != record["state_hash"]:
-            raise StateMismatch(f"snapshot of partition {state.partition} does not match its recorded hash")
+            actual = hashlib.sha256(raw).hexdigest()
+            if actual != entry["state_hash"]:
+                raise StateMismatch(f"{where}: recorded hash {entry['state_hash']}, recomputed {actual}")
+            try:
+                state.engines[entry["market"]] = Engine.restore(registry.get(entry["market"]).spec(), raw)
+            except SnapshotError as error:
+                raise StateMismatch(f"{where}: {error}") from None
+        actual = state.state_hash()
+        if actual != record["state_hash"]:
+            raise StateMismatch(f"snapshot of partition {state.partition} at offset {state.next_offset}: "
+                                f"recorded hash {record['state_hash']}, recomputed {actual}")
         return state

@@ -1,4 +1,9 @@
-"""Snapshots (and the state hashes that come with them) for one partition.
+"""Snapshots and state hashes for one partition.
+
+Every snapshot publishes the per-market state hashes at its offset; between snapshots the engine
+publishes hashes alone, more often (``hashes_only``: no snapshot record), so that a recovery,
+which replays from the newest snapshot, crosses recorded hashes and checks its replay against
+them.
 
 Encoding a snapshot walks the whole state (every resting order and every order id the market has
 used) and costs a pause proportional to it: hundreds of milliseconds for a busy market. Taken
@@ -57,30 +62,41 @@ def die_with_parent(parent: int) -> None:
 
 @dataclass(frozen=True)
 class SnapshotRecords:
-    """Encoded values ready to produce: the snapshot (key = partition) and one hash per market."""
+    """Encoded values ready to produce: the snapshot (key = partition; None for a hash-only
+    checkpoint) and one hash per market, each at input offset ``next_offset - 1``."""
 
     partition: int
     next_offset: int
-    snapshot: bytes
+    snapshot: bytes | None
     hashes: list[tuple[bytes, bytes]]  # (market key, StateHash value)
+
+
+def _hash_records(codec: Codec, state: PartitionState, markets: list[tuple[str, int, str]]) -> list[tuple[bytes, bytes]]:
+    return [(market.encode(), codec.encode(ENGINE_HASHES, {
+        "market": market, "seq": seq, "input_offset": state.next_offset - 1, "state_hash": state_hash}))
+        for market, seq, state_hash in markets]
 
 
 def encode_snapshot(state: PartitionState, codec: Codec) -> SnapshotRecords:
     """The snapshot of ``state`` now, with the per-market hashes it computed on the way."""
     record = state.snapshot_record()
-    hashes = [
-        (m["market"].encode(), codec.encode(ENGINE_HASHES, {
-            "market": m["market"], "seq": m["seq"], "input_offset": state.next_offset - 1,
-            "state_hash": m["state_hash"]}))
-        for m in record["markets"]
-    ]
+    hashes = _hash_records(codec, state, [(m["market"], m["seq"], m["state_hash"]) for m in record["markets"]])
     return SnapshotRecords(state.partition, state.next_offset, codec.encode(ENGINE_SNAPSHOTS, record), hashes)
 
 
-class BackgroundSnapshot:
-    """A snapshot being encoded by a forked child; ``poll()`` returns it once complete."""
+def encode_hashes(state: PartitionState, codec: Codec) -> SnapshotRecords:
+    """The per-market state hashes of ``state`` now, without a snapshot (a hash checkpoint)."""
+    hashes = _hash_records(codec, state, [(market, engine.seq, engine.state_hash())
+                                          for market, engine in sorted(state.engines.items())])
+    return SnapshotRecords(state.partition, state.next_offset, None, hashes)
 
-    def __init__(self, state: PartitionState, codec: Codec) -> None:
+
+class BackgroundSnapshot:
+    """A snapshot (or, ``hashes_only``, a hash checkpoint) being encoded by a forked child;
+    ``poll()`` returns it once complete."""
+
+    def __init__(self, state: PartitionState, codec: Codec, hashes_only: bool = False) -> None:
+        encode = encode_hashes if hashes_only else encode_snapshot
         read_fd, write_fd = os.pipe()
         parent = os.getpid()
         pid = os.fork()
@@ -89,7 +105,7 @@ class BackgroundSnapshot:
             try:
                 die_with_parent(parent)
                 os.close(read_fd)
-                payload = pickle.dumps(encode_snapshot(state, codec), protocol=pickle.HIGHEST_PROTOCOL)
+                payload = pickle.dumps(encode(state, codec), protocol=pickle.HIGHEST_PROTOCOL)
                 view = memoryview(payload)
                 while view:
                     view = view[os.write(write_fd, view):]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.domain.commands import MarketState, OrderType, Place, Side
+from streams.domain.commands import MarketState, OrderType, Place, SetState, Side
 from streams.domain.events import MarketStateChanged, OrderAccepted, OrderRejected, RejectCode
 from streams.markets import MarketRegistry
 from streams.processors.matching import MatchingConfig, MatchingProcessor
@@ -19,8 +19,9 @@ from streams.runtime.clients import make_producer
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.runtime.records import command_to_record, event_from_record
 from streams.runtime.topic_admin import load_topic_file
+from streams.runtime.verify import read_topic
 from streams.serde.codec import Codec
-from streams.serde.topics import ORDERS_COMMANDS, ORDERS_EVENTS
+from streams.serde.topics import DLQ_ORDERS_COMMANDS, ORDERS_COMMANDS, ORDERS_EVENTS
 from streams.settings import PROJECT_ROOT, load_settings
 from tests.pipeline import fresh_namespace
 from tests.services import Endpoint
@@ -147,6 +148,45 @@ def test_kill_switch_is_ordered_with_orders(kafka_bootstrap: str, unique: str) -
     assert isinstance(outcome["after-resume"], OrderAccepted)
     cancelled = [e for e in btc if type(e).__name__ == "OrderCancelled"]
     assert {e.order_id for e in cancelled} == {"before-halt", "after-resume"}  # type: ignore[attr-defined]
+
+
+def test_a_global_halt_rejects_the_next_order_of_every_market(kafka_bootstrap: str, unique: str) -> None:
+    """The one form of a global halt is a command per market (``halt --all``); the ``"*"`` market
+    once described by the schemas is refused by the CLI and dead-lettered with its own reason."""
+    ns = fresh_namespace(kafka_bootstrap, f"gh-{unique}")
+    env = {"EXCHANGE_KAFKA_BOOTSTRAP": kafka_bootstrap, "EXCHANGE_TOPIC_PREFIX": ns.prefix}
+    codec = Codec()
+    producer = make_producer(kafka_bootstrap)
+    registry = MarketRegistry.load(load_settings().markets_file)
+
+    refused = xchg("market", "halt", "*", env=env)
+    assert refused.returncode == 1 and "--all" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    wildcard = command_to_record("*", SetState("admin-wildcard", 0, MarketState.HALTED))
+    producer.produce(ns(ORDERS_COMMANDS), codec.encode(ORDERS_COMMANDS, wildcard), b"*")
+    assert producer.flush(30) == 0
+    assert xchg("market", "halt", "--all", env=env).returncode == 0
+    for market in registry:
+        spec = market.spec()
+        cmd = Place(f"c-{market.symbol}", 0, f"after-halt-{market.symbol}", "acct1", Side.BUY, OrderType.LIMIT,
+                    100 * spec.tick, spec.min_qty)
+        producer.produce(ns(ORDERS_COMMANDS), codec.encode(ORDERS_COMMANDS, command_to_record(market.symbol, cmd)),
+                         market.symbol.encode())
+    assert producer.flush(30) == 0
+
+    MatchingProcessor(MatchingConfig(
+        bootstrap=kafka_bootstrap, group_id=f"gh-{unique}", instance_id="gh", transactional_prefix=f"gh-{unique}",
+        idle_exit_s=2.0, namespace=ns), registry, codec).run()
+
+    consumer = standalone_consumer(kafka_bootstrap)
+    try:
+        events = [event_from_record(codec.decode(ORDERS_EVENTS, m.value())) for m in read_topic(consumer, ns(ORDERS_EVENTS))]
+        dead = [dict(m.headers() or []) for m in read_topic(consumer, ns(DLQ_ORDERS_COMMANDS))]
+    finally:
+        consumer.close()
+    rejected = {e.order_id: e.reason for e in events if isinstance(e, OrderRejected)}
+    assert rejected == {f"after-halt-{m.symbol}": RejectCode.MARKET_HALTED for m in registry}
+    assert not any(isinstance(e, OrderAccepted) for e in events)
+    assert [h["xchg.error.reason"] for h in dead] == [b"market_wildcard"]
 
 
 def test_verify_replay_rebuilds_a_partition_and_names_a_missing_one(kafka_bootstrap: str, unique: str) -> None:

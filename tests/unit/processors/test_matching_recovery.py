@@ -1,0 +1,71 @@
+"""The matching processor's recovery of a failed partition when the client no longer (or not
+yet) knows it: the seek fails, and the partition waits for the next poll instead of the process
+crashing (streams/processors/matching.py ``_recover_pending``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streams.markets import MarketRegistry
+from streams.processors.matching import MatchingConfig, MatchingProcessor
+from streams.runtime.partition import PartitionState
+from streams.serde.codec import Codec
+from streams.settings import load_settings
+
+
+class FlakyConsumer:
+    """Assigned partitions 0 and 1; seeking partition 1 fails as librdkafka does for a partition
+    it does not know."""
+
+    def __init__(self) -> None:
+        self.paused: set[int] = set()
+        self.sought: list[int] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("orders.commands", 0), TopicPartition("orders.commands", 1)]
+
+    def seek(self, tp: TopicPartition) -> None:
+        if tp.partition == 1:
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION, "Failed to seek to offset 0"))
+        self.sought.append(tp.partition)
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        self.paused |= {tp.partition for tp in tps}
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        self.paused -= {tp.partition for tp in tps}
+
+
+class FakeProducer:
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def test_a_failed_seek_leaves_the_partition_for_the_next_poll() -> None:
+    registry = MarketRegistry.load(load_settings().markets_file)
+    codec = Codec()
+    processor = MatchingProcessor(MatchingConfig(bootstrap="127.0.0.1:1"), registry, codec)
+    consumer = FlakyConsumer()
+    real_consumer, processor.consumer = processor.consumer, consumer  # type: ignore[assignment]
+    try:
+        from streams.processors import matching
+
+        def take_all(partitions: list[int]) -> dict[int, Any]:
+            taken = {p: matching._Owned(PartitionState(p, registry, codec), FakeProducer(), None)  # type: ignore[arg-type]
+                     for p in partitions}
+            processor.owned.update(taken)
+            return taken
+
+        processor._take_all = take_all  # type: ignore[method-assign]
+        processor.needs_recovery = {0, 1}
+        recovered = processor._recover_pending()
+        assert recovered == {0}
+        assert consumer.sought == [0]
+        assert processor.needs_recovery == {1} and 1 not in processor.owned and 1 in consumer.paused
+        assert 0 in processor.owned and 0 not in consumer.paused
+    finally:
+        processor.consumer = real_consumer
+        processor._workers.shutdown(wait=False)
+        real_consumer.close()
