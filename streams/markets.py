@@ -13,7 +13,14 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from streams.config_files import read_section
-from streams.domain.market import MarketSpec, UnitError, from_units, to_units
+from streams.domain.market import (
+    MAX_NOTIONAL_CEILING,
+    MAX_QTY_CEILING,
+    MarketSpec,
+    UnitError,
+    from_units,
+    to_units,
+)
 
 
 class RegistryError(ValueError):
@@ -32,21 +39,40 @@ class MarketConfig(BaseModel):
     lot_size: Decimal = Field(gt=0)
     min_qty: Decimal | None = Field(default=None, gt=0)
     price_band_pct: Decimal | None = Field(default=None, ge=0)
+    # Per order, in base asset (quantity) and quote asset (price x quantity); see
+    # docs/matching-rules.md for why every derived total then fits its type.
+    max_qty: Decimal = Field(gt=0)
+    max_notional: Decimal = Field(gt=0)
+    # Both sides of every limit price within this percentage of a reference price that moves
+    # once per collar_interval_s (unset: no collar).
+    collar_pct: Decimal | None = Field(default=None, ge=0, lt=100)
+    collar_interval_s: int = Field(default=60, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _exact_units(self) -> MarketConfig:
         try:
             to_units(self.tick_size, self.price_decimals)
-            to_units(self.lot_size, self.qty_decimals)
-            to_units(self.min_qty or self.lot_size, self.qty_decimals)
+            lot = to_units(self.lot_size, self.qty_decimals)
+            min_qty = to_units(self.min_qty or self.lot_size, self.qty_decimals)
+            max_qty = to_units(self.max_qty, self.qty_decimals)
+            max_notional = to_units(self.max_notional, self.price_decimals + self.qty_decimals)
         except UnitError as error:
             raise ValueError(f"{self.symbol}: {error}") from None
+        if max_qty % lot or max_qty < min_qty:
+            raise ValueError(f"{self.symbol}: max_qty must be a multiple of lot_size and at least min_qty")
+        if max_qty > MAX_QTY_CEILING:
+            raise ValueError(f"{self.symbol}: max_qty is {max_qty} quantity units, above the ceiling "
+                             f"{MAX_QTY_CEILING} (a day's volume must fit a long)")
+        if max_notional > MAX_NOTIONAL_CEILING:
+            raise ValueError(f"{self.symbol}: max_notional is {max_notional} price x quantity units, above "
+                             f"the ceiling {MAX_NOTIONAL_CEILING} (a day's quote volume must fit decimal(38,0))")
         if f"{self.base}-{self.quote}" != self.symbol:
             raise ValueError(f"{self.symbol}: symbol must be BASE-QUOTE ({self.base}-{self.quote})")
         return self
 
     def spec(self) -> MarketSpec:
         band_num, band_den = MarketSpec.band_fraction(self.price_band_pct)
+        collar_num, collar_den = MarketSpec.band_fraction(self.collar_pct)
         return MarketSpec(
             market=self.symbol,
             tick=to_units(self.tick_size, self.price_decimals),
@@ -54,6 +80,11 @@ class MarketConfig(BaseModel):
             min_qty=to_units(self.min_qty or self.lot_size, self.qty_decimals),
             band_num=band_num,
             band_den=band_den,
+            max_qty=to_units(self.max_qty, self.qty_decimals),
+            max_notional=to_units(self.max_notional, self.price_decimals + self.qty_decimals),
+            collar_num=collar_num,
+            collar_den=collar_den,
+            collar_interval_ms=self.collar_interval_s * 1000,
         )
 
     def price(self, units: int) -> Decimal:

@@ -21,12 +21,12 @@ _OPERATOR_ERRORS = (
     "streams.runtime.topic_admin:TopicFileError",
     "connectors.timescale.migrations:MigrationError",
     "connectors.settlement.errors:SettlementError",
-    # A fenced static member or another fatal Kafka client error: exit non-zero for a restart.
-    "streams.runtime.clients:ClientFatal",
-    # Recovery refused a state (a snapshot or replay whose hash disagrees, input deleted by
-    # retention): an invariant breach, stated once with partition, offset and hashes.
-    "streams.runtime.partition:StateMismatch",
-    "streams.runtime.recovery:RecoveryError",
+    # Why a stream process stops (a fenced static member, a state whose hash disagrees, input
+    # deleted by retention, outputs the broker refuses): stated once, exit non-zero.
+    "streams.runtime.failures:ClientFatal",
+    "streams.runtime.failures:StateMismatch",
+    "streams.runtime.failures:RecoveryError",
+    "streams.runtime.failures:OutputRefused",
 )
 
 

@@ -42,6 +42,8 @@ class RejectCode(WireEnum):
     POST_ONLY_WOULD_CROSS = 10
     FOK_UNFILLED = 11
     UNKNOWN_ORDER = 12
+    ABOVE_MAX_QTY = 13
+    ABOVE_MAX_NOTIONAL = 14
 
 
 class CancelReason(WireEnum):

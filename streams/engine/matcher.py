@@ -6,7 +6,15 @@ time enters only as a command's ``ts``, and the same commands always give the sa
 Semantics are the conformance rules (shared/conformance/README.md): price-time priority at the
 maker's price; limit GTC/IOC/FOK and market orders (always IOC, band-limited); post-only;
 self-trade prevention decided by the taker's mode; cancel, cancel-all, amend; validation in the
-rule-7 order; market states; price band against the last trade price.
+rule-7 order; market states; price band against the last trade price. Beyond those rules, and
+inert unless the market spec sets them (conformance scenarios do not): a maximum quantity and a
+maximum notional per order (``above_max_qty``, ``above_max_notional``, checked after
+``below_min_qty``), and a collar: every limit price, on either side, must lie within
+``collar_pct`` of a reference price that moves only once per ``collar_interval_ms`` of command
+time (to the last trade price then; the first trade sets it), rejected ``price_band``; a market
+order never trades beyond the collar's edge on its side (a buy above it, a sell below it). The band of rule 8 moves with every trade and bounds only one side,
+so self-trades could walk it anywhere; the collar cannot be walked faster than ``collar_pct``
+per interval (docs/matching-rules.md).
 
 Invariants:
 - Every command yields exactly one outcome event (see ``streams.domain.events``); rejections are
@@ -99,6 +107,8 @@ _R_BAND = RejectCode.PRICE_BAND
 _R_CROSS = RejectCode.POST_ONLY_WOULD_CROSS
 _R_FOK = RejectCode.FOK_UNFILLED
 _R_UNKNOWN = RejectCode.UNKNOWN_ORDER
+_R_MAX_QTY = RejectCode.ABOVE_MAX_QTY
+_R_MAX_NOTIONAL = RejectCode.ABOVE_MAX_NOTIONAL
 
 _X_IOC = ExpireReason.IOC_REMAINDER
 _X_MARKET = ExpireReason.MARKET_REMAINDER
@@ -126,10 +136,21 @@ class Engine:
         "_band_lo",
         "_bids",
         "_buy_max",
+        "_col_den",
+        "_col_hi",
+        "_col_hi_num",
+        "_col_interval",
+        "_col_lo",
+        "_col_lo_num",
+        "_col_ref",
+        "_col_window",
+        "_collar",
         "_dispatch",
         "_last_price",
         "_last_ts",
         "_lot",
+        "_max_notional",
+        "_max_qty",
         "_min_qty",
         "_orders",
         "_sell_min",
@@ -162,6 +183,20 @@ class Engine:
         self._last_price = 0  # last trade price; 0 = the market has not traded
         self._buy_max = _UNBOUNDED  # highest buy price inside the band
         self._sell_min = 0  # lowest sell price inside the band
+        self._max_qty = _UNBOUNDED if spec.max_qty is None else spec.max_qty
+        self._max_notional = _UNBOUNDED if spec.max_notional is None else spec.max_notional
+        # Collar as exact integers around the reference r: a price p (either side) is inside iff
+        # r*lo_num <= p*den <= r*hi_num. The reference moves at the first command of a new
+        # interval (to the last trade price) and at the market's first trade.
+        self._collar = spec.collar_num is not None
+        self._col_den = 100 * spec.collar_den
+        self._col_hi_num = 100 * spec.collar_den + (spec.collar_num or 0)
+        self._col_lo_num = 100 * spec.collar_den - (spec.collar_num or 0)
+        self._col_interval = spec.collar_interval_ms
+        self._col_ref = 0  # 0: no reference yet (the market has not traded)
+        self._col_window = -1  # the interval (ts // collar_interval_ms) the reference belongs to
+        self._col_lo = 0  # lowest price inside the collar
+        self._col_hi = _UNBOUNDED  # highest price inside the collar
         self._dispatch: dict[type[Any], Callable[[Any, int], list[Event]]] = {
             Place: self._place,
             Cancel: self._cancel,
@@ -266,6 +301,7 @@ class Engine:
                 used=self._used,
                 bids=self._bids,
                 asks=self._asks,
+                collar=(self._col_ref, self._col_window) if self._collar else None,
             )
         )
 
@@ -283,6 +319,9 @@ class Engine:
         engine._last_ts = state.last_ts
         engine._state = state.state
         engine._set_last_price(state.last_price)
+        if state.collar is not None:
+            engine._col_window = state.collar[1]
+            engine._set_collar_reference(state.collar[0])
         engine._used = set(state.used)
         engine._bids = state.bids
         engine._asks = state.asks
@@ -305,6 +344,10 @@ class Engine:
             ts = self._last_ts
         else:
             self._last_ts = ts
+        if self._collar and ts // self._col_interval != self._col_window:
+            self._col_window = ts // self._col_interval
+            if self._last_price:
+                self._set_collar_reference(self._last_price)
         try:
             handler = self._dispatch[cmd.__class__]
         except KeyError:
@@ -326,6 +369,18 @@ class Engine:
         else:
             self._buy_max = _UNBOUNDED
             self._sell_min = 0
+        if self._collar and price and not self._col_ref:
+            self._set_collar_reference(price)  # the market's first trade
+
+    def _set_collar_reference(self, price: int) -> None:
+        """The collar around ``price``: p is inside iff ceil(r*lo/den) <= p <= floor(r*hi/den)."""
+        self._col_ref = price
+        if price:
+            self._col_hi = (price * self._col_hi_num) // self._col_den
+            self._col_lo = -((-price * self._col_lo_num) // self._col_den)
+        else:
+            self._col_hi = _UNBOUNDED
+            self._col_lo = 0
 
     def _place(self, c: Place, ts: int) -> list[Event]:
         oid = c.order_id
@@ -354,7 +409,13 @@ class Engine:
                 return self._reject(oid, account, _R_LOT, ts)
             if qty < self._min_qty:
                 return self._reject(oid, account, _R_MIN_QTY, ts)
-            if price > self._buy_max if is_buy else price < self._sell_min:
+            if qty > self._max_qty:
+                return self._reject(oid, account, _R_MAX_QTY, ts)
+            if price * qty > self._max_notional:
+                return self._reject(oid, account, _R_MAX_NOTIONAL, ts)
+            if (price > self._buy_max if is_buy else price < self._sell_min) or not (
+                self._col_lo <= price <= self._col_hi
+            ):
                 return self._reject(oid, account, _R_BAND, ts)
             klim = -price if is_buy else price
             tif = c.tif
@@ -363,8 +424,14 @@ class Engine:
                 return self._reject(oid, account, _R_LOT, ts)
             if qty < self._min_qty:
                 return self._reject(oid, account, _R_MIN_QTY, ts)
+            if qty > self._max_qty:
+                return self._reject(oid, account, _R_MAX_QTY, ts)
             price = 0
-            klim = -self._buy_max if is_buy else self._sell_min  # market orders trade within the band
+            # Market orders trade within the band and the collar.
+            if is_buy:
+                klim = -(self._buy_max if self._buy_max < self._col_hi else self._col_hi)
+            else:
+                klim = self._sell_min if self._sell_min > self._col_lo else self._col_lo
             tif = _IOC
         opposite = self._asks if is_buy else self._bids
         keys = opposite.keys
@@ -587,6 +654,10 @@ class Engine:
             return self._reject(oid, account, _R_LOT, ts)
         if qty < self._min_qty:
             return self._reject(oid, account, _R_MIN_QTY, ts)
+        if qty > self._max_qty:
+            return self._reject(oid, account, _R_MAX_QTY, ts)
+        if price * qty > self._max_notional:
+            return self._reject(oid, account, _R_MAX_NOTIONAL, ts)
         side = order.side
         is_buy = side is _BUY
         own = self._bids if is_buy else self._asks
@@ -595,7 +666,9 @@ class Engine:
                 own.reduce(order, order.open - qty)
             seq = self._seq = self._seq + 1
             return [_Amended(seq, ts, oid, account, price, qty, False)]
-        if price > self._buy_max if is_buy else price < self._sell_min:
+        if (price > self._buy_max if is_buy else price < self._sell_min) or not (
+            self._col_lo <= price <= self._col_hi
+        ):
             return self._reject(oid, account, _R_BAND, ts)
         klim = -price if is_buy else price
         opposite = self._asks if is_buy else self._bids

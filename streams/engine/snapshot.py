@@ -10,6 +10,10 @@ floats) — of::
      "bids": [[price, [order, ...]], ...]   best (highest) first,
      "asks": [[price, [order, ...]], ...]   best (lowest) first}
 
+and, only for a market whose spec sets them (so that the snapshots and hashes of every other
+market are those of before they existed): ``max_qty``, ``max_notional``, ``collar_num``,
+``collar_den`` and ``collar_interval_ms`` in ``spec``, and ``"collar": [reference price, interval]``.
+
 with each order ``{"id", "account", "open", "post_only" (0/1), "stp" (wire name), "entry"}`` in
 queue priority (removed orders still in a queue are left out).
 
@@ -50,10 +54,11 @@ class State:
     used: Iterable[str]
     bids: BookSide
     asks: BookSide
+    collar: tuple[int, int] | None = None  # (reference price, interval) of a collared market
 
 
 def _spec_dict(spec: MarketSpec) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "market": spec.market,
         "tick": spec.tick,
         "lot": spec.lot,
@@ -61,6 +66,13 @@ def _spec_dict(spec: MarketSpec) -> dict[str, Any]:
         "band_num": spec.band_num,
         "band_den": spec.band_den,
     }
+    if spec.max_qty is not None:
+        doc["max_qty"] = spec.max_qty
+    if spec.max_notional is not None:
+        doc["max_notional"] = spec.max_notional
+    if spec.collar_num is not None:
+        doc.update(collar_num=spec.collar_num, collar_den=spec.collar_den, collar_interval_ms=spec.collar_interval_ms)
+    return doc
 
 
 def _side_list(book: BookSide) -> list[Any]:
@@ -97,6 +109,8 @@ def encode(state: State) -> bytes:
         "bids": _side_list(state.bids),
         "asks": _side_list(state.asks),
     }
+    if state.collar is not None:
+        doc["collar"] = list(state.collar)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
         "ascii"
     )
@@ -157,6 +171,9 @@ def decode(spec: MarketSpec, data: bytes) -> State:
             bids=_load_side(Side.BUY, doc["bids"]),
             asks=_load_side(Side.SELL, doc["asks"]),
         )
+        if spec.collar_num is not None:
+            reference, window = doc["collar"]
+            state.collar = (_int(reference, "collar reference"), _int(window, "collar interval"))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, SnapshotError):
             raise

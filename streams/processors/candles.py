@@ -14,6 +14,11 @@ State is one JSON-able dict per market (the faust table value, see ``streams.pro
 
 Candles are plain dicts in the shape of ``xchg.v1.Candle`` except ``quote_volume``, an ``int``
 here (JSON keeps big integers exact); ``to_record`` makes the Avro ``Decimal``.
+
+``overflow`` says, before a trade is folded, whether a candle it would change would leave its
+type (``volume`` a long, ``quote_volume`` a decimal(38, 0)); the market registry's bounds make
+that impossible for the engine's trades (docs/matching-rules.md), and the processor dead-letters
+such a trade (``skip``) rather than crash on it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
+
+from streams.domain.market import DECIMAL38_MAX, LONG_MAX
 
 INTERVALS: dict[str, int] = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
 KEEP_CLOSED = 0  # the processor acknowledges candles before state (no replay history needed)
@@ -80,6 +87,26 @@ def fold(state: State, trade: Mapping[str, Any]) -> list[Candle]:
         state["open"][interval] = current
         out.append(dict(current))
     return out
+
+
+def overflow(state: State, trade: Mapping[str, Any]) -> str | None:
+    """The candle field that folding ``trade`` would take beyond its type, or None (pure)."""
+    ts, price, qty = trade["ts"], trade["price"], trade["qty"]
+    for interval, length in INTERVALS.items():
+        current = state["open"].get(interval)
+        same = current is not None and ts - ts % length <= current["window_start"]
+        volume = (current["volume"] if same else 0) + qty
+        quote = (current["quote_volume"] if same else 0) + price * qty
+        if not 0 <= volume <= LONG_MAX:
+            return f"{interval} volume {volume} beyond a long"
+        if not 0 <= quote <= DECIMAL38_MAX:
+            return f"{interval} quote_volume {quote} beyond decimal(38,0)"
+    return None
+
+
+def skip(state: State, trade: Mapping[str, Any]) -> None:
+    """Mark ``trade`` as folded without counting it (it went to the dead letters instead)."""
+    state["last"] = max(state["last"], trade["trade_id"])
 
 
 def replay_candles(state: State, from_trade_id: int) -> list[Candle]:

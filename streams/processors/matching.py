@@ -47,12 +47,13 @@ from streams.observability import (
 )
 from streams.runtime.clients import consumer_config, producer_config, raise_if_fatal
 from streams.runtime.crashpoints import crash_point
+from streams.runtime.failures import OutputRefused
 from streams.runtime.namespace import DEFAULT, Namespace
 from streams.runtime.partition import PartitionState, Processed
 from streams.runtime.records import REJECT_W, event_record, trade_record
 from streams.runtime.recovery import recover
 from streams.runtime.snapshotter import BackgroundSnapshot, SnapshotRecords, encode_snapshot
-from streams.serde.codec import Codec
+from streams.serde.codec import Codec, EncodeError
 from streams.serde.topics import (
     DLQ_ORDERS_COMMANDS,
     ENGINE_HASHES,
@@ -67,6 +68,15 @@ from streams.serde.topics import (
 
 log = get_logger("matching")
 SLOW_BATCH_S = 0.25  # a batch slower than this is logged with where its time went
+# A partition whose transaction failed this many times in a row at the same input offset with the
+# same error stops the process: the engine is deterministic, so the next try would fail again,
+# and a partition looping fail -> recover -> fail while the process looks alive is worse.
+MAX_SAME_FAILURES = 5
+# Errors that retrying the same records cannot cure (the broker refuses what the engine produced).
+_REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+                      KafkaError.INVALID_RECORD})
+
+
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,23 @@ class MatchingConfig:
     max_runtime_s: float | None = None  # stop after this long (benchmarks, demos)
     idle_exit_s: float | None = None  # stop after this long without input (demos)
     namespace: Namespace = DEFAULT
+
+
+# Changes per md.book record: a change encodes in at most 21 bytes (side, two longs), so a part
+# stays under ~420 KB, well inside the topic's 1 MiB max.message.bytes, however large the book.
+BOOK_CHANGES_PER_RECORD = 20_000
+
+
+def book_records(market: str, book_seq: int, prev_book_seq: int, snapshot: bool, ts: int, partition: int,
+                 input_offset: int, changes: list[tuple[Side, int, int]],
+                 per_record: int = BOOK_CHANGES_PER_RECORD) -> list[dict[str, Any]]:
+    """The md.book records of one delta: one, or ``parts`` records of at most ``per_record``
+    changes that share every other field (see ``xchg.v1.BookDelta``)."""
+    wire = [{"side": side.wire, "price": price, "qty": qty} for side, price, qty in changes]
+    chunks = [wire[i:i + per_record] for i in range(0, len(wire), per_record)] or [[]]
+    return [{"market": market, "book_seq": book_seq, "prev_book_seq": prev_book_seq, "snapshot": snapshot,
+             "seq": book_seq, "ts": ts, "input_partition": partition, "input_offset": input_offset,
+             "changes": chunk, "part": i, "parts": len(chunks)} for i, chunk in enumerate(chunks)]
 
 
 class _Owned:
@@ -129,6 +156,8 @@ class MatchingProcessor:
         # Broker round trips done in parallel (GIL released): commits, and recoveries of several partitions.
         self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kafka-wait")
         self.needs_recovery: set[int] = set()  # owned partitions paused until they are recovered
+        # Per partition: (input offset, error code, count) of its consecutive failed transactions.
+        self._failures: dict[int, tuple[int, int, int]] = {}
         self._stop = False
         self.processed = 0
         self.started = time.monotonic()
@@ -288,12 +317,13 @@ class MatchingProcessor:
         parallel keeps the partitions from queueing behind each other's round trips."""
         started = time.monotonic()
         staged: list[tuple[int, _Owned, int | None]] = []
+        starts = {partition: self.owned[partition].state.next_offset for partition in batches}
         for partition, batch in batches.items():
             owned = self.owned[partition]
             try:
                 staged.append((partition, owned, self._stage(partition, owned, batch)))
             except KafkaException as exc:
-                self._fail(partition, owned, exc)
+                self._fail(partition, owned, exc, starts[partition])
         staged_at = time.monotonic()
         group = self.consumer.consumer_group_metadata()
         jobs = [(owned, TopicPartition(self.input_topic, partition, owned.state.next_offset), group)
@@ -309,8 +339,9 @@ class MatchingProcessor:
                         commands=sum(len(b) for b in batches.values()), partitions=len(batches))
         for (partition, owned, oldest_ts), error in zip(staged, outcomes, strict=True):
             if error is not None:
-                self._fail(partition, owned, error)
+                self._fail(partition, owned, error, starts[partition])
                 continue
+            self._failures.pop(partition, None)
             committed_at = time.monotonic()
             if oldest_ts is not None:  # the batch's oldest command: its append time to this commit
                 ORDER_LATENCY.observe(max(0.0, time.time() - oldest_ts / 1000))
@@ -330,11 +361,21 @@ class MatchingProcessor:
         TXN_SECONDS.observe(time.monotonic() - started)
         return None
 
-    def _fail(self, partition: int, owned: _Owned, exc: KafkaException) -> None:
+    def _fail(self, partition: int, owned: _Owned, exc: KafkaException, start: int) -> None:
+        """A failed transaction of ``partition`` whose batch began at input offset ``start``."""
         error: KafkaError = exc.args[0]
         log.warning("transaction failed; recovering the partition", partition=partition,
                     error=error.str(), fatal=error.fatal(), abortable=error.txn_requires_abort(),
                     retriable=error.retriable())
+        previous = self._failures.get(partition)
+        count = previous[2] + 1 if previous is not None and previous[:2] == (start, error.code()) else 1
+        self._failures[partition] = (start, error.code(), count)
+        if error.code() in _REFUSED or count >= MAX_SAME_FAILURES:
+            with contextlib.suppress(KafkaException):
+                owned.producer.abort_transaction(self.config.commit_timeout_s)
+            raise OutputRefused(
+                f"partition {partition}: the transaction of the commands from offset {start} failed "
+                f"{count} time(s) with {error.name()} ({error.str()}); a retry would fail the same way")
         if error.txn_requires_abort():
             # If the abort fails too its outcome is unknown: the new producer that recovery
             # creates with the same transactional id fences the old one and aborts it.
@@ -409,21 +450,25 @@ class MatchingProcessor:
             command_id = result.command.command_id
             key = market.encode()
             touched.add(market)
-            for event in result.events:
-                value = encode(ORDERS_EVENTS, event_record(market, event, command_id, partition, offset))
-                try:
-                    produce(events_topic, value, key)
-                except BufferError:
-                    self._produce(producer, ORDERS_EVENTS, key, value)
-                if isinstance(event, Trade):
-                    trades[market] = trades.get(market, 0) + 1
-                    value = encode(TRADES_TOPIC, trade_record(market, event, command_id, partition, offset))
+            try:  # free unless it raises: the events of one command, encoded and produced
+                for event in result.events:
+                    value = encode(ORDERS_EVENTS, event_record(market, event, command_id, partition, offset))
                     try:
-                        produce(trades_topic, value, key)
+                        produce(events_topic, value, key)
                     except BufferError:
-                        self._produce(producer, TRADES_TOPIC, key, value)
-                elif isinstance(event, OrderRejected):
-                    REJECTS.labels(REJECT_W[event.reason]).inc()
+                        self._produce(producer, ORDERS_EVENTS, key, value)
+                    if isinstance(event, Trade):
+                        trades[market] = trades.get(market, 0) + 1
+                        value = encode(TRADES_TOPIC, trade_record(market, event, command_id, partition, offset))
+                        try:
+                            produce(trades_topic, value, key)
+                        except BufferError:
+                            self._produce(producer, TRADES_TOPIC, key, value)
+                    elif isinstance(event, OrderRejected):
+                        REJECTS.labels(REJECT_W[event.reason]).inc()
+            except EncodeError as error:
+                raise OutputRefused(f"partition {partition}: the events of the command at offset {offset} "
+                                    f"(command id {command_id!r}) cannot be encoded: {error}") from None
         # Metrics once per batch: per-command observations would cost more than the matching.
         for market, count in trades.items():
             TRADES.labels(market).inc(count)
@@ -484,13 +529,15 @@ class MatchingProcessor:
             else:
                 changes = engine.take_book_changes()
                 snapshot = False
-            record = {
-                "market": market, "book_seq": engine.seq, "prev_book_seq": prev or 0, "snapshot": snapshot,
-                "seq": engine.seq, "ts": engine.last_ts, "input_partition": partition, "input_offset": last_offset,
-                "changes": [{"side": side.wire, "price": price, "qty": qty} for side, price, qty in changes],
-            }
             owned.book_seq[market] = engine.seq
-            self._produce(producer, MD_BOOK, market.encode(), self.codec.encode(MD_BOOK, record))
+            for record in book_records(market, engine.seq, prev or 0, snapshot, engine.last_ts, partition,
+                                       last_offset, changes):
+                try:
+                    value = self.codec.encode(MD_BOOK, record)
+                except EncodeError as error:
+                    raise OutputRefused(f"partition {partition}: the md.book delta of {market} up to the command "
+                                        f"at offset {last_offset} cannot be encoded: {error}") from None
+                self._produce(producer, MD_BOOK, market.encode(), value)
 
     def _produce_snapshot(self, producer: Producer, records: SnapshotRecords) -> None:
         """The snapshot (if any: a hash checkpoint has none) to ``engine.snapshots`` and its

@@ -14,12 +14,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
+from streams.runtime.failures import ClientFatal
+
+__all__ = ["ClientFatal", "consumer_config", "is_fatal", "make_consumer", "make_producer", "producer_config",
+           "raise_if_fatal"]
+
 PARTITIONER = "murmur2_random"
-
-
-class ClientFatal(RuntimeError):
-    """A Kafka client can no longer do its work (fenced static member, fatal client error, no
-    authorisation): the process must exit non-zero and be restarted, never idle on."""
 
 
 # Errors a consumer reports that no retry will cure. librdkafka delivers its fatal errors to a

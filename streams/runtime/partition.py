@@ -25,6 +25,7 @@ from streams.domain.events import Event
 from streams.engine.errors import SnapshotError
 from streams.engine.matcher import Engine
 from streams.markets import MarketRegistry
+from streams.runtime.failures import StateMismatch
 from streams.runtime.records import RecordError, command_from_record
 from streams.serde.codec import Codec, DecodeError
 from streams.serde.topics import ORDERS_COMMANDS
@@ -35,10 +36,6 @@ from streams.serde.topics import ORDERS_COMMANDS
 WILDCARD_MARKET = "*"
 WILDCARD_DETAIL = ("market '*' is not supported: halt every market with one SetMarketState per market "
                    "(xchg market halt --all), each ordered with that market's orders")
-
-
-class StateMismatch(RuntimeError):
-    """A recomputed state hash differs from a recorded one: the state is corrupt (fail fast)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +81,9 @@ class PartitionState:
             market, command = command_from_record(record, timestamp)
         except DecodeError as error:
             return Processed(offset, dead=DeadLetter(error.reason, str(error)))
-        except (RecordError, KeyError, ValueError) as error:
+        except RecordError as error:
+            return Processed(offset, dead=DeadLetter(error.reason, str(error)))
+        except (KeyError, ValueError) as error:
             return Processed(offset, dead=DeadLetter("invalid_command", str(error)))
         if market not in self.registry:
             if market == WILDCARD_MARKET:

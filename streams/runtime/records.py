@@ -48,6 +48,32 @@ Record = dict[str, Any]
 class RecordError(ValueError):
     """A decoded command record that cannot become a domain command (dead-letter it)."""
 
+    reason = "invalid_command"
+
+
+class IdentifierError(RecordError):
+    """``command_id``, ``order_id`` or ``account`` breaks the contract (``IDENTIFIER_MAX_CHARS``,
+    printable): dead-lettered with ``invalid_<field>``, never echoed into an output record."""
+
+    def __init__(self, field: str, value: str) -> None:
+        shown = value[:40] + ("..." if len(value) > 40 else "")
+        super().__init__(f"{field} must be 1 to {IDENTIFIER_MAX_CHARS} printable characters, "
+                         f"got {len(value)}: {shown!r}")
+        self.reason = f"invalid_{field}"
+
+
+# Identifiers are echoed in every event, trade and row they cause, and indexed in the database:
+# bounded, they keep every output record small and every row inside its index's limit.
+# "Printable" is str.isprintable(): no control, format or separator characters other than the
+# ASCII space (so no NUL, which PostgreSQL text cannot hold); non-ASCII letters are allowed.
+IDENTIFIER_MAX_CHARS = 64
+
+
+def _identifier(field: str, value: str) -> str:
+    if not 0 < len(value) <= IDENTIFIER_MAX_CHARS or not value.isprintable():
+        raise IdentifierError(field, value)
+    return value
+
 
 _SIDE = {s.wire: s for s in Side}
 _TYPE = {t.wire: t for t in OrderType}
@@ -70,8 +96,12 @@ EXPIRE_W = {m: m.wire for m in ExpireReason}
 
 def command_from_record(value: Record, ts: int) -> tuple[str, Command]:
     """``(market, command)`` from an ``orders.commands`` value; ``ts`` is the record's log time."""
-    command_id = value["command_id"]
+    command_id = _identifier("command_id", value["command_id"])
     name, body = value["body"]
+    if "order_id" in body:
+        _identifier("order_id", body["order_id"])
+    if "account" in body:
+        _identifier("account", body["account"])
     if name == NS + "PlaceOrder":
         return value["market"], Place(
             command_id, ts, body["order_id"], body["account"], _SIDE[body["side"]],

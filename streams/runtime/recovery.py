@@ -23,15 +23,12 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from streams.markets import MarketRegistry
+from streams.runtime.failures import RecoveryError, StateMismatch
 from streams.runtime.namespace import Namespace
-from streams.runtime.partition import PartitionState, StateMismatch
+from streams.runtime.partition import PartitionState
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.serde.codec import Codec, DecodeError
 from streams.serde.topics import ENGINE_HASHES, ENGINE_SNAPSHOTS, ORDERS_COMMANDS
-
-
-class RecoveryError(RuntimeError):
-    """Recovery cannot produce a correct state (e.g. the input it needs was deleted by retention)."""
 
 
 @dataclass

@@ -61,13 +61,32 @@ class SequenceTracker:
 
 @dataclass
 class BookChain:
-    """``md.book``: each delta's ``prev_book_seq`` must be the previous delta's ``book_seq``."""
+    """``md.book``: each delta's ``prev_book_seq`` must be the previous delta's ``book_seq``; the
+    parts of a split delta (``part`` 1 .. ``parts``-1) must follow its part 0 in order."""
 
     last: dict[str, int] = field(default_factory=dict)
     breaks: list[Gap] = field(default_factory=list)
     snapshots: int = 0
+    # Per market: (book_seq, next part) of a split delta whose later parts are still to come.
+    pending: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def observe(self, market: str, book_seq: int, prev_book_seq: int, snapshot: bool) -> Verdict:
+    def observe(self, market: str, book_seq: int, prev_book_seq: int, snapshot: bool,
+                part: int = 0, parts: int = 1) -> Verdict:
+        expected = self.pending.pop(market, None)
+        if part > 0:
+            if expected == (book_seq, part):
+                if part + 1 < parts:
+                    self.pending[market] = (book_seq, part + 1)
+                return Verdict.OK
+            done = self.last.get(market, 0)
+            if expected is None and book_seq <= done:
+                return Verdict.DUPLICATE
+            self.breaks.append(Gap(market, done, prev_book_seq))
+            return Verdict.GAP
+        if expected is not None:  # a new delta before the previous one's last part
+            self.breaks.append(Gap(market, expected[0], prev_book_seq))
+        if parts > 1:
+            self.pending[market] = (book_seq, 1)
         if snapshot:
             self.snapshots += 1
             self.last[market] = book_seq
@@ -75,6 +94,7 @@ class BookChain:
         last = self.last.get(market)
         if last is not None and prev_book_seq != last:
             if book_seq <= last:
+                self.pending.pop(market, None)
                 return Verdict.DUPLICATE
             self.breaks.append(Gap(market, last, prev_book_seq))
             self.last[market] = book_seq

@@ -61,7 +61,8 @@ def check_streams(bootstrap: str, codec: Codec, ns: Namespace = DEFAULT) -> Stre
             report.trade_ids[(record["market"], record["trade_id"])] += 1
         for message in read_topic(consumer, ns(MD_BOOK)):
             record = codec.decode(MD_BOOK, message.value())
-            report.book.observe(record["market"], record["book_seq"], record["prev_book_seq"], record["snapshot"])
+            report.book.observe(record["market"], record["book_seq"], record["prev_book_seq"], record["snapshot"],
+                                record["part"], record["parts"])
     finally:
         consumer.close()
     return report

@@ -76,6 +76,9 @@ class Reference:
         self.out: list[Event] = []
         self.ts = 0
         self.band_reference: int | None = None
+        self.collar_reference: int | None = None  # None: the market has not traded
+        self.collar_window = -1
+        self.collar_at_arrival: int | None = None
 
     # ---------------------------------------------------------------- helpers
 
@@ -94,8 +97,14 @@ class Reference:
             return sorted(mine, key=lambda o: (-o.price, o.time))
         return sorted(mine, key=lambda o: (o.price, o.time))
 
-    def band_allows(self, side: Side, price: int, reference: int | None) -> bool:
-        """Rule 8, against the last trade price ``reference`` (None: never traded)."""
+    def band_allows(self, side: Side, price: int, reference: int | None,
+                    collar_reference: int | None = None) -> bool:
+        """Rule 8, against the last trade price ``reference`` (None: never traded), and the
+        collar: either side within collar_pct of ``collar_reference``."""
+        if self.spec.collar_num is not None and collar_reference is not None:
+            pct = Fraction(self.spec.collar_num, self.spec.collar_den) / 100
+            if not collar_reference * (1 - pct) <= price <= collar_reference * (1 + pct):
+                return False
         if self.spec.band_num is None or reference is None:
             return True
         pct = Fraction(self.spec.band_num, self.spec.band_den) / 100
@@ -107,6 +116,13 @@ class Reference:
         """Whether a taker may trade at ``maker_price`` (its limit, or for a market order the band
         around the last trade price as it was when the command arrived)."""
         if is_market:
+            # The band of rule 8, and the collar's edge on the taker's own side (a market buy
+            # never pays above the collar, a sell never receives below it).
+            if self.spec.collar_num is not None and self.collar_at_arrival is not None:
+                pct = Fraction(self.spec.collar_num, self.spec.collar_den) / 100
+                if (maker_price > self.collar_at_arrival * (1 + pct) if taker_side is Side.BUY
+                        else maker_price < self.collar_at_arrival * (1 - pct)):
+                    return False
             return self.band_allows(taker_side, maker_price, self.band_reference)
         return maker_price <= limit if taker_side is Side.BUY else maker_price >= limit
 
@@ -128,6 +144,10 @@ class Reference:
             return RejectCode.INVALID_LOT
         if qty < self.spec.min_qty:
             return RejectCode.BELOW_MIN_QTY
+        if self.spec.max_qty is not None and qty > self.spec.max_qty:
+            return RejectCode.ABOVE_MAX_QTY
+        if price is not None and self.spec.max_notional is not None and price * qty > self.spec.max_notional:
+            return RejectCode.ABOVE_MAX_NOTIONAL
         return None
 
     # --------------------------------------------------------------- matching
@@ -228,6 +248,12 @@ class Reference:
         self.band_reference = self.last_price
         self.ts = max(cmd.ts, self.last_ts)
         self.last_ts = self.ts
+        if self.spec.collar_num is not None and self.ts // self.spec.collar_interval_ms != self.collar_window:
+            # A new collar interval: the reference moves to the last trade price.
+            self.collar_window = self.ts // self.spec.collar_interval_ms
+            if self.last_price is not None:
+                self.collar_reference = self.last_price
+        self.collar_at_arrival = self.collar_reference
         if isinstance(cmd, Place):
             self.place(cmd)
         elif isinstance(cmd, Cancel):
@@ -239,6 +265,8 @@ class Reference:
         elif isinstance(cmd, SetState):
             self.state = cmd.state
             self.emit(MarketStateChanged, state=cmd.state)
+        if self.spec.collar_num is not None and self.collar_reference is None and self.last_price is not None:
+            self.collar_reference = self.last_price  # the market's first trade sets the reference
         return self.out
 
     def place(self, c: Place) -> None:
@@ -252,7 +280,7 @@ class Reference:
         problem = self.check_amount(c.qty, None if is_market else c.price)
         if problem is not None:
             return self.reject(c.order_id, c.account, problem)
-        if not is_market and not self.band_allows(c.side, c.price, self.last_price):
+        if not is_market and not self.band_allows(c.side, c.price, self.last_price, self.collar_reference):
             return self.reject(c.order_id, c.account, RejectCode.PRICE_BAND)
         price = 0 if is_market else c.price
         if c.post_only and self.would_cross(c.side, is_market, price):
@@ -348,7 +376,7 @@ class Reference:
                 requeued=False,
             )
             return None
-        if not self.band_allows(order.side, new_price, self.last_price):
+        if not self.band_allows(order.side, new_price, self.last_price, self.collar_reference):
             return self.reject(c.order_id, c.account, RejectCode.PRICE_BAND)
         if order.post_only and self.would_cross(order.side, False, new_price):
             return self.reject(c.order_id, c.account, RejectCode.POST_ONLY_WOULD_CROSS)

@@ -33,6 +33,10 @@ SPECS = [
     MarketSpec("T5", tick=5, lot=2, min_qty=4, band_num=5, band_den=1),
     MarketSpec("T2", tick=2, lot=1, min_qty=1, band_num=5, band_den=2),  # 2.5 %
     MarketSpec("T10", tick=10, lot=3, min_qty=3, band_num=50, band_den=1),
+    # Bounded: quantities above 5 and notionals above 450 are refused; the collar (4 %) moves
+    # every 15 ms of command time, so streams cross many of its intervals.
+    MarketSpec("TB", tick=1, lot=1, min_qty=1, band_num=10, band_den=1, max_qty=5, max_notional=450,
+               collar_num=4, collar_den=1, collar_interval_ms=15),
 ]
 ACCOUNTS = ["a", "b", "c"]
 ORDER_IDS = [f"o{i}" for i in range(14)]

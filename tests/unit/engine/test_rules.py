@@ -406,7 +406,8 @@ def test_reject_codes_are_stable() -> None:
     assert {c.wire: int(c) for c in RejectCode} == {
         "duplicate_order_id": 1, "market_halted": 2, "post_only_mode": 3, "invalid_qty": 4,
         "invalid_price": 5, "invalid_tick": 6, "invalid_lot": 7, "below_min_qty": 8, "price_band": 9,
-        "post_only_would_cross": 10, "fok_unfilled": 11, "unknown_order": 12,
+        "post_only_would_cross": 10, "fok_unfilled": 11, "unknown_order": 12, "above_max_qty": 13,
+        "above_max_notional": 14,
     }  # fmt: skip
     assert {c.wire: int(c) for c in ExpireReason} == {
         "ioc_remainder": 1, "market_remainder": 2, "stp_maker": 3, "stp_taker": 4, "stp_decrement": 5,

@@ -10,7 +10,8 @@ import pytest
 from streams.domain.commands import MarketState, SetState
 from streams.loadgen import OrderFlow, encode_flow
 from streams.markets import MarketRegistry
-from streams.runtime.partition import PartitionState, StateMismatch
+from streams.runtime.failures import StateMismatch
+from streams.runtime.partition import PartitionState
 from streams.runtime.records import command_to_record
 from streams.runtime.snapshotter import encode_hashes, encode_snapshot
 from streams.serde.codec import Codec

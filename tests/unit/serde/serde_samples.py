@@ -161,6 +161,8 @@ BOOK_DELTA: dict[str, Any] = {
         {"side": "buy", "price": 9_712_350, "qty": 0},
         {"side": "buy", "price": 9_712_300, "qty": 40_000_000},
     ],
+    "part": 0,
+    "parts": 1,
 }
 
 CANDLE: dict[str, Any] = {
