@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams.markets import MarketRegistry
@@ -69,3 +70,59 @@ def test_a_failed_seek_leaves_the_partition_for_the_next_poll() -> None:
         processor.consumer = real_consumer
         processor._workers.shutdown(wait=False)
         real_consumer.close()
+
+
+class AbortingProducer(FakeProducer):
+    def __init__(self) -> None:
+        self.aborted = 0
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.aborted += 1
+
+
+def failing_processor() -> tuple[MatchingProcessor, Any]:
+    from streams.processors import matching
+
+    registry = MarketRegistry.load(load_settings().markets_file)
+    codec = Codec()
+    processor = MatchingProcessor(MatchingConfig(bootstrap="127.0.0.1:1"), registry, codec)
+
+    def owned() -> Any:
+        return matching._Owned(PartitionState(2, registry, codec), AbortingProducer(), None)  # type: ignore[arg-type]
+
+    return processor, owned
+
+
+def abortable(code: int) -> KafkaException:
+    return KafkaException(KafkaError(code, "failed", txn_requires_abort=True))
+
+
+def test_a_refused_record_stops_the_process_at_once() -> None:
+    from streams.runtime.failures import OutputRefused
+
+    processor, owned = failing_processor()
+    try:
+        with pytest.raises(OutputRefused, match="partition 2: the transaction of the commands from offset 70"):
+            processor._fail(2, owned(), abortable(KafkaError.MSG_SIZE_TOO_LARGE), 70)
+    finally:
+        processor._workers.shutdown(wait=False)
+        processor.consumer.close()
+
+
+def test_the_same_failure_again_and_again_stops_the_process() -> None:
+    from streams.processors.matching import MAX_SAME_FAILURES
+    from streams.runtime.failures import OutputRefused
+
+    processor, owned = failing_processor()
+    try:
+        for _ in range(MAX_SAME_FAILURES - 1):  # recovered each time: a passing trouble
+            processor._fail(2, owned(), abortable(KafkaError._TIMED_OUT), 70)
+            assert 2 in processor.needs_recovery
+        processor._fail(2, owned(), abortable(KafkaError._TIMED_OUT), 71)  # progress: the count starts again
+        for _ in range(MAX_SAME_FAILURES - 2):
+            processor._fail(2, owned(), abortable(KafkaError._TIMED_OUT), 71)
+        with pytest.raises(OutputRefused, match=f"failed {MAX_SAME_FAILURES} time"):
+            processor._fail(2, owned(), abortable(KafkaError._TIMED_OUT), 71)
+    finally:
+        processor._workers.shutdown(wait=False)
+        processor.consumer.close()
