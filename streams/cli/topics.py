@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from streams.cli.errors import guarded
-from streams.runtime.topic_admin import Plan, TopicAdmin, load_topic_file
+from streams.runtime.topic_admin import Plan, TopicAdmin, TopicSpec, load_topic_file
 from streams.services.kafka import KafkaCluster
 from streams.settings import load_settings
 
@@ -40,13 +41,41 @@ def apply(allow_repartition: bool = typer.Option(False, help="allow adding parti
         raise typer.Exit(2)
 
 
+def retention(config: dict[str, str]) -> str:
+    """``retention.ms`` for people: 90 d, 7 d, 12 h, forever, or the broker's default."""
+    raw = config.get("retention.ms")
+    if raw is None:
+        return "broker default"
+    ms = int(raw)
+    if ms < 0:
+        return "forever"
+    for unit, length in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= length and ms % length == 0:
+            return f"{ms // length} {unit}"
+    return f"{ms} ms"
+
+
+def _policies(specs: list[TopicSpec]) -> Table:
+    table = Table("topic", "partitions", "cleanup", "retention", "max record", box=None, pad_edge=False)
+    for spec in specs:
+        size = spec.config.get("max.message.bytes")
+        table.add_row(spec.name, str(spec.partitions), spec.config.get("cleanup.policy", "delete"),
+                      retention(spec.config), f"{int(size) // 1024} KiB" if size else "broker default")
+    return table
+
+
 @app.command()
 @guarded
 def plan() -> None:
-    """Show what `apply` would change, without changing anything. Exit 2 when anything differs."""
+    """Show each topic's policies and what `apply` would change, without changing anything.
+    Exit 2 only for drift that `apply` cannot fix (partition count, replication)."""
     settings = load_settings()
     admin = TopicAdmin(KafkaCluster(settings).bootstrap_servers())
-    result = admin.plan(load_topic_file(settings.topics_file, settings.topic_prefix))
+    specs = load_topic_file(settings.topics_file, settings.topic_prefix)
+    console.print(_policies(specs))
+    result = admin.plan(specs)
     _report(result, applied=False)
-    if result.changes:
+    if not result.changes:
+        console.print("[green]in line with the topic file[/green]")
+    if result.drift:
         raise typer.Exit(2)

@@ -77,8 +77,18 @@ def replay(partition: int = typer.Option(..., min=0, help="orders.commands parti
         partition, settings.namespace, target_offset=None, use_snapshot=False, strict=False,
         progress=lambda done, total: console.print(f"[dim]replayed {done}/{total}[/dim]"),
     )
-    console.print(f"partition {partition}: replayed {report.replayed} commands in {report.seconds:.1f}s, "
-                  f"compared {report.hashes_checked} recorded hashes, {len(report.mismatches)} mismatches")
+    if not state.engines:
+        # Nothing to compare: "0 mismatches" would read as a clean bill of health.
+        console.print(f"partition {partition}: no market has commands in it ({report.replayed} record(s) "
+                      f"replayed, none for a known market): nothing was checked")
+        return
+    if not report.hashes_checked:
+        console.print(f"[yellow]partition {partition}: replayed {report.replayed} commands in "
+                      f"{report.seconds:.1f}s, but the live engine recorded no state hash to compare "
+                      f"(it publishes one every EXCHANGE_ENGINE_HASH_EVERY commands): nothing was checked[/yellow]")
+    else:
+        console.print(f"partition {partition}: replayed {report.replayed} commands in {report.seconds:.1f}s, "
+                      f"compared {report.hashes_checked} recorded hashes, {len(report.mismatches)} mismatches")
     for market in sorted(state.engines):
         engine = state.engines[market]
         console.print(f"  {market}: seq {engine.seq}, trade id {engine.trade_id}, hash {engine.state_hash()[:16]}")

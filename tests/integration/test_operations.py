@@ -210,3 +210,28 @@ def test_verify_replay_rebuilds_a_partition_and_names_a_missing_one(kafka_bootst
     assert missing.returncode == 1
     assert "has 4 partition(s) (0..3); there is no partition 9" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_verify_replay_says_when_nothing_was_checked(kafka_bootstrap: str, unique: str) -> None:
+    ns = fresh_namespace(kafka_bootstrap, f"vn-{unique}")
+    env = {"EXCHANGE_KAFKA_BOOTSTRAP": kafka_bootstrap, "EXCHANGE_TOPIC_PREFIX": ns.prefix}
+    empty = xchg("verify", "replay", "--partition", "1", env=env)
+    assert empty.returncode == 0, empty.stderr
+    assert "no market has commands in it" in empty.stdout and "nothing was checked" in empty.stdout
+    assert "0 mismatches" not in empty.stdout
+
+
+def test_topics_plan_shows_policies_and_fails_only_on_drift_apply_cannot_fix(kafka_bootstrap: str,
+                                                                              unique: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    prefix = f"plan-{unique}."
+    env = {"EXCHANGE_KAFKA_BOOTSTRAP": kafka_bootstrap, "EXCHANGE_TOPIC_PREFIX": prefix}
+    fixable = xchg("topics", "plan", env=env)  # nothing exists yet: apply would create it all
+    assert fixable.returncode == 0, fixable.stderr
+    assert "would create" in fixable.stdout and "90 d" in fixable.stdout and "compact" in fixable.stdout
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(f"{prefix}trades", 2, 1)])[f"{prefix}trades"].result(30)
+    drift = xchg("topics", "plan", env=env)  # 2 partitions instead of 4: apply cannot fix that
+    assert drift.returncode == 2, drift.stdout
+    assert "DRIFT" in drift.stdout and f"{prefix}trades" in drift.stdout
