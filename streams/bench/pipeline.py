@@ -137,12 +137,12 @@ def engine_throughput(
         processor.run()
     finally:
         host.stop()
-    if processor.first_commit is None or processor.last_commit is None:
+    if processor.throughput.first_commit is None or processor.throughput.last_commit is None:
         raise RuntimeError("the engine committed nothing")
-    (first_at, first_count), (last_at, last_count) = processor.first_commit, processor.last_commit
+    (first_at, first_count), (last_at, last_count) = processor.throughput.first_commit, processor.throughput.last_commit
     host_cpu = host.summary(first_at, last_at)  # the measured span, not the idle wait before the exit
     rate = (last_count - first_count) / max(last_at - first_at, 1e-6)
-    report(f"engine: {processor.processed} commands, {rate:,.0f}/s with exactly-once")
+    report(f"engine: {processor.throughput.processed} commands, {rate:,.0f}/s with exactly-once")
     if host_cpu is not None:
         report(_host_line(host_cpu))
     return rate, host_cpu

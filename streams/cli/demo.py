@@ -65,9 +65,9 @@ def demo(commands: int = typer.Option(20_000, help="commands to produce"),
     started = time.monotonic()
     processor.run()
     # Matching time: first to last commit (group join and the idle wait that ended the run excluded).
-    first, last = processor.first_commit, processor.last_commit
+    first, last = processor.throughput.first_commit, processor.throughput.last_commit
     busy = max(last[0] - first[0], 1e-3) if first and last else max(time.monotonic() - started, 1e-3)
-    console.print(f"processed {processor.processed} commands; {processor.processed / busy:,.0f} commands/s "
+    console.print(f"processed {processor.throughput.processed} commands; {processor.throughput.processed / busy:,.0f} commands/s "
                   f"between the first and the last commit, exactly-once")
 
     console.rule("3. results, read back with read_committed")

@@ -54,4 +54,4 @@ def run(
     except ClientFatal as error:
         get_logger("matching").error("engine stopping: fatal consumer error", error=str(error))
         raise fail(f"fatal consumer error: {error}", code=3) from None
-    get_logger("matching").info("engine stopped", processed=processor.processed)
+    get_logger("matching").info("engine stopped", processed=processor.throughput.processed)

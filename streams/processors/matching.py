@@ -32,7 +32,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.domain.commands import Side
-from streams.domain.events import OrderRejected, Trade
+from streams.domain.events import Event, OrderRejected, Trade
 from streams.markets import MarketRegistry
 from streams.observability import (
     COMMANDS,
@@ -115,6 +115,37 @@ def book_records(market: str, book_seq: int, prev_book_seq: int, snapshot: bool,
              "changes": chunk, "part": i, "parts": len(chunks)} for i, chunk in enumerate(chunks)]
 
 
+def command_records(market: str, command_id: str, events: list[Event], partition: int,
+                    offset: int) -> list[tuple[str, dict[str, Any]]]:
+    """What one command's events publish, as ``(logical topic, record)`` in produce order: each
+    event on ``orders.events`` and each trade also on ``trades`` (pure: the thin loop encodes,
+    produces and counts)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for event in events:
+        out.append((ORDERS_EVENTS, event_record(market, event, command_id, partition, offset)))
+        if isinstance(event, Trade):
+            out.append((TRADES_TOPIC, trade_record(market, event, command_id, partition, offset)))
+    return out
+
+
+@dataclass
+class Throughput:
+    """What benchmarks and the demo report of a run: commands staged, and (monotonic time,
+    commands staged) at the first and the last commit. The processor only feeds it."""
+
+    processed: int = 0
+    first_commit: tuple[float, int] | None = None
+    last_commit: tuple[float, int] | None = None
+
+    def staged(self, commands: int) -> None:
+        self.processed += commands  # counted when staged: a failed batch is processed again
+
+    def committed(self, at: float) -> None:
+        self.last_commit = (at, self.processed)
+        if self.first_commit is None:
+            self.first_commit = self.last_commit
+
+
 class _Owned:
     """An owned partition: its state, its producer and what the current batch produced."""
 
@@ -129,8 +160,10 @@ class _Owned:
 
 
 class MatchingProcessor:
-    def __init__(self, config: MatchingConfig, registry: MarketRegistry, codec: Codec) -> None:
+    def __init__(self, config: MatchingConfig, registry: MarketRegistry, codec: Codec,
+                 throughput: Throughput | None = None) -> None:
         self.config = config
+        self.throughput = throughput or Throughput()
         self.registry = registry
         self.codec = codec
         self.owned: dict[int, _Owned] = {}
@@ -159,11 +192,7 @@ class MatchingProcessor:
         # Per partition: (input offset, error code, count) of its consecutive failed transactions.
         self._failures: dict[int, tuple[int, int, int]] = {}
         self._stop = False
-        self.processed = 0
         self.started = time.monotonic()
-        # (monotonic time, commands processed) at the first and the last commit, for benchmarks.
-        self.first_commit: tuple[float, int] | None = None
-        self.last_commit: tuple[float, int] | None = None
 
     # -- ownership ------------------------------------------------------------------------------
     def _producer(self, partition: int) -> Producer:
@@ -345,9 +374,7 @@ class MatchingProcessor:
             committed_at = time.monotonic()
             if oldest_ts is not None:  # the batch's oldest command: its append time to this commit
                 ORDER_LATENCY.observe(max(0.0, time.time() - oldest_ts / 1000))
-            self.last_commit = (committed_at, self.processed)
-            if self.first_commit is None:
-                self.first_commit = self.last_commit
+            self.throughput.committed(committed_at)
             crash_point("after-commit")
 
     def _try_commit(self, owned: _Owned, offsets: TopicPartition, group: Any) -> KafkaException | None:
@@ -424,7 +451,7 @@ class MatchingProcessor:
         producer, state = owned.producer, owned.state
         encode = self.codec.encode
         produce = producer.produce
-        events_topic, trades_topic = self.ns(ORDERS_EVENTS), self.ns(TRADES_TOPIC)
+        physical = {ORDERS_EVENTS: self.ns(ORDERS_EVENTS), TRADES_TOPIC: self.ns(TRADES_TOPIC)}
         producer.begin_transaction()
         touched: set[str] = set()
         trades: dict[str, int] = {}
@@ -450,25 +477,21 @@ class MatchingProcessor:
             command_id = result.command.command_id
             key = market.encode()
             touched.add(market)
-            try:  # free unless it raises: the events of one command, encoded and produced
-                for event in result.events:
-                    value = encode(ORDERS_EVENTS, event_record(market, event, command_id, partition, offset))
+            try:  # free unless it raises
+                for topic, record in command_records(market, command_id, result.events, partition, offset):
+                    value = encode(topic, record)
                     try:
-                        produce(events_topic, value, key)
-                    except BufferError:
-                        self._produce(producer, ORDERS_EVENTS, key, value)
-                    if isinstance(event, Trade):
+                        produce(physical[topic], value, key)
+                    except BufferError:  # the queue is full: serve deliveries, then again
+                        self._produce(producer, topic, key, value)
+                    if topic == TRADES_TOPIC:
                         trades[market] = trades.get(market, 0) + 1
-                        value = encode(TRADES_TOPIC, trade_record(market, event, command_id, partition, offset))
-                        try:
-                            produce(trades_topic, value, key)
-                        except BufferError:
-                            self._produce(producer, TRADES_TOPIC, key, value)
-                    elif isinstance(event, OrderRejected):
-                        REJECTS.labels(REJECT_W[event.reason]).inc()
             except EncodeError as error:
                 raise OutputRefused(f"partition {partition}: the events of the command at offset {offset} "
                                     f"(command id {command_id!r}) cannot be encoded: {error}") from None
+            first = result.events[0]
+            if type(first) is OrderRejected:  # a rejection is always a command's only event
+                REJECTS.labels(REJECT_W[first.reason]).inc()
         # Metrics once per batch: per-command observations would cost more than the matching.
         for market, count in trades.items():
             TRADES.labels(market).inc(count)
@@ -476,7 +499,7 @@ class MatchingProcessor:
             self._publish_book(producer, partition, owned, touched, batch[-1].offset() or 0)
         processed = len(batch)
         COMMANDS.labels(str(partition)).inc(processed)
-        self.processed += processed  # counted when staged: a failed batch is processed again
+        self.throughput.staged(processed)
         owned.since_snapshot += processed
         owned.since_hash += processed
         crash_point("after-produce")

@@ -126,3 +126,20 @@ def test_the_same_failure_again_and_again_stops_the_process() -> None:
     finally:
         processor._workers.shutdown(wait=False)
         processor.consumer.close()
+
+
+def test_a_commands_records_are_its_events_and_its_trades_in_order() -> None:
+    from streams.domain.commands import OrderType, Place, Side
+    from streams.domain.market import MarketSpec
+    from streams.engine.matcher import Engine
+    from streams.processors.matching import command_records
+    from streams.serde.topics import ORDERS_EVENTS, TRADES
+
+    engine = Engine(MarketSpec("M", tick=1, lot=1, min_qty=1))
+    engine.apply(Place("c1", 1, "s", "a", Side.SELL, OrderType.LIMIT, 100, 5))
+    events = engine.apply(Place("c2", 2, "b", "b", Side.BUY, OrderType.LIMIT, 100, 5))
+    records = command_records("M", "c2", events, 3, 41)
+    assert [topic for topic, _ in records] == [ORDERS_EVENTS, ORDERS_EVENTS, TRADES, ORDERS_EVENTS, ORDERS_EVENTS]
+    assert all(r["command_id"] == "c2" and r["input_partition"] == 3 and r["input_offset"] == 41 for _, r in records)
+    trade = records[2][1]
+    assert (trade["trade_id"], trade["price"], trade["qty"], trade["maker_order_id"]) == (1, 100, 5, "s")
