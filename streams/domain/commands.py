@@ -8,15 +8,15 @@ Invariants:
 - Every enum has a stable integer value (never renumbered: values are persisted and sent on the
   wire) and a stable wire name (``.wire``, as written in the conformance scenarios; ``from_wire``
   accepts any letter case).
-- ``command_to_dict`` / ``command_from_dict`` are pure and JSON-able: ints, bools, strings and wire
-  names only. They are exact inverses.
+- Commands reach the engine from Avro records (``streams.runtime.records``) and from scenario
+  and replay files (``streams.offline.scenario``), each translated in that one place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Self, TypeAlias
+from typing import Self, TypeAlias
 
 
 class WireEnum(IntEnum):
@@ -130,89 +130,3 @@ class SetState:
 
 
 Command: TypeAlias = Place | Cancel | Amend | CancelAll | SetState
-
-#: Wire name of each command type (the ``cmd`` field of the JSON form).
-COMMAND_NAMES: dict[type[Any], str] = {
-    Place: "place",
-    Cancel: "cancel",
-    Amend: "amend",
-    CancelAll: "cancel_all",
-    SetState: "set_state",
-}
-
-
-def command_to_dict(cmd: Command) -> dict[str, Any]:
-    """A JSON-able dict (integer units, wire names) of ``cmd``; inverse of ``command_from_dict``."""
-    out: dict[str, Any] = {"cmd": COMMAND_NAMES[type(cmd)], "command_id": cmd.command_id, "ts": cmd.ts}
-    if isinstance(cmd, Place):
-        out.update(
-            order_id=cmd.order_id,
-            account=cmd.account,
-            side=cmd.side.wire,
-            type=cmd.order_type.wire,
-            price=cmd.price,
-            qty=cmd.qty,
-            tif=cmd.tif.wire,
-            post_only=cmd.post_only,
-            stp=cmd.stp.wire,
-        )
-    elif isinstance(cmd, Cancel):
-        out.update(order_id=cmd.order_id, account=cmd.account)
-    elif isinstance(cmd, Amend):
-        out.update(order_id=cmd.order_id, account=cmd.account, qty=cmd.qty, price=cmd.price)
-    elif isinstance(cmd, CancelAll):
-        out.update(account=cmd.account)
-    else:
-        out.update(state=cmd.state.wire)
-    return out
-
-
-def _int(d: dict[str, Any], key: str) -> int:
-    value = d[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be an integer, got {value!r}")
-    return value
-
-
-def _opt_int(d: dict[str, Any], key: str) -> int | None:
-    return None if d.get(key) is None else _int(d, key)
-
-
-def _str(d: dict[str, Any], key: str) -> str:
-    value = d[key]
-    if not isinstance(value, str):
-        raise ValueError(f"{key} must be a string, got {value!r}")
-    return value
-
-
-def command_from_dict(d: dict[str, Any]) -> Command:
-    """Parse the dict form (integer units). ``ValueError``/``KeyError`` on a malformed command."""
-    kind = d.get("cmd")
-    cid = _str(d, "command_id")
-    ts = _int(d, "ts")
-    if kind == "place":
-        order_type = OrderType.from_wire(_str(d, "type"))
-        return Place(
-            command_id=cid,
-            ts=ts,
-            order_id=_str(d, "order_id"),
-            account=_str(d, "account"),
-            side=Side.from_wire(_str(d, "side")),
-            order_type=order_type,
-            price=_opt_int(d, "price") or 0,
-            qty=_int(d, "qty"),
-            tif=TimeInForce.from_wire(d.get("tif") or "GTC"),
-            post_only=bool(d.get("post_only", False)),
-            stp=STPMode.from_wire(d.get("stp") or "expire_maker"),
-        )
-    if kind == "cancel":
-        return Cancel(cid, ts, _str(d, "order_id"), _str(d, "account"))
-    if kind == "amend":
-        return Amend(
-            cid, ts, _str(d, "order_id"), _str(d, "account"), _opt_int(d, "qty"), _opt_int(d, "price")
-        )
-    if kind == "cancel_all":
-        return CancelAll(cid, ts, _str(d, "account"))
-    if kind == "set_state":
-        return SetState(cid, ts, MarketState.from_wire(_str(d, "state")))
-    raise ValueError(f"unknown command type {kind!r}")

@@ -15,8 +15,6 @@ from streams.domain.commands import (
     Side,
     STPMode,
     TimeInForce,
-    command_from_dict,
-    command_to_dict,
 )
 from streams.domain.events import (
     EVENT_TYPES,
@@ -47,16 +45,6 @@ def test_event_dict_round_trip_for_every_type() -> None:
         d = event_to_dict(event)
         assert json.loads(json.dumps(d)) == d
         assert event_from_dict(d) == event
-
-
-def test_command_dict_round_trip() -> None:
-    _, commands = _events_and_commands()
-    for cmd in commands:
-        d = command_to_dict(cmd)
-        assert json.loads(json.dumps(d)) == d
-        assert command_from_dict(d) == cmd
-    with pytest.raises(ValueError, match="unknown command type"):
-        command_from_dict({"cmd": "nope", "command_id": "x", "ts": 1})
 
 
 def test_exactly_one_outcome_per_command() -> None:
