@@ -11,7 +11,6 @@ import pytest
 from tests.services import Endpoint, chain_endpoint, kafka_endpoint, postgres_endpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
 
 
 @pytest.fixture(scope="session")

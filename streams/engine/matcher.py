@@ -3,15 +3,16 @@
 No clock, randomness, logging or I/O happens here (a lint rule and a test enforce the imports):
 time enters only as a command's ``ts``, and the same commands always give the same events.
 
-Semantics are the conformance rules (shared/conformance/README.md): price-time priority at the
-maker's price; limit GTC/IOC/FOK and market orders (always IOC, band-limited); post-only;
+Semantics are the matching rules (docs/matching-rules.md, pinned by the scenarios in
+tests/conformance/): price-time priority at the maker's price; limit GTC/IOC/FOK and market orders (always IOC, band-limited); post-only;
 self-trade prevention decided by the taker's mode; cancel, cancel-all, amend; validation in the
-rule-7 order; market states; price band against the last trade price. Beyond those rules, and
-inert unless the market spec sets them (conformance scenarios do not): a maximum quantity and a
+rule-7 order; market states; price band against the last trade price. Inert unless the market
+spec sets them (the registry always does; scenarios may): a maximum quantity and a
 maximum notional per order (``above_max_qty``, ``above_max_notional``, checked after
 ``below_min_qty``), and a collar: every limit price, on either side, must lie within
 ``collar_pct`` of a reference price that moves only once per ``collar_interval_ms`` of command
-time (to the last trade price then; the first trade sets it), rejected ``price_band``; a market
+time (to the last trade price then; the market's first trading command sets it to its last
+trade price), rejected ``price_band``; a market
 order never trades beyond the collar's edge on its side (a buy above it, a sell below it). The band of rule 8 moves with every trade and bounds only one side,
 so self-trades could walk it anywhere; the collar cannot be walked faster than ``collar_pct``
 per interval (docs/matching-rules.md).

@@ -1,13 +1,17 @@
 """Conformance scenarios and JSON command logs: decimal strings in, engine commands out.
 
-A scenario file (shared/conformance/README.md) is one JSON object with ``name``, ``market``,
-``commands`` and ``expect``. Prices and quantities are decimal strings; this module turns them
-into the integer units of a ``MarketSpec``:
+A scenario file (``tests/conformance/README.md``) is one JSON object with ``name``, ``market``,
+``commands`` and ``expect``; other top-level keys (e.g. ``description``) are ignored. Prices and
+quantities are decimal strings; this module turns them into the integer units of a ``MarketSpec``:
 
 - Per file, ``price_decimals`` is the most decimal places of the tick size and of every price in
-  the file (commands and expectations), and ``qty_decimals`` the most of the lot size, min qty and
-  every quantity. So every amount is an exact integer number of units, and an off-tick or off-lot
-  amount reaches the engine as such and gets its coded reject (``invalid_tick``/``invalid_lot``).
+  the file (commands and expectations), and ``qty_decimals`` the most of the lot size, min qty,
+  max qty and every quantity. So every amount is an exact integer number of units, and an off-tick
+  or off-lot amount reaches the engine as such and gets its coded reject (``invalid_tick``/``invalid_lot``).
+- The market's optional bounds (docs/matching-rules.md, rules 11 and 12), each absent or null for
+  none: ``max_qty`` (base asset), ``max_notional`` (quote asset, price x qty, which must fit
+  ``price_decimals + qty_decimals`` places), ``collar_pct`` (a percentage) and
+  ``collar_interval_s`` (integer seconds, default 60; only meaningful with ``collar_pct``).
 - Commands without an ``order_id`` (``cancel_all``, ``set_state``) — and in fact all commands
   that carry no ``command_id`` — get the synthesized command id ``"<source>#<n>"`` (n from 1).
 - Outcomes are compared as integers in those units, i.e. as numbers ("1" equals "1.000").
@@ -117,7 +121,7 @@ def _scan(obj: Any, keys: Sequence[str], out: list[Any]) -> None:
 def choose_units(market: dict[str, Any], *documents: Any) -> Units:
     """Decimal places that represent the market's sizes and every amount in ``documents`` exactly."""
     prices: list[Any] = [market.get("tick_size")]
-    qtys: list[Any] = [market.get("lot_size"), market.get("min_qty")]
+    qtys: list[Any] = [market.get("lot_size"), market.get("min_qty"), market.get("max_qty")]
     for doc in documents:
         _scan(doc, PRICE_FIELDS, prices)
         _scan(doc, QTY_FIELDS, qtys)
@@ -126,6 +130,12 @@ def choose_units(market: dict[str, Any], *documents: Any) -> Units:
         return max((decimals_of(_decimal(v, what)) for v in values if v is not None), default=0)
 
     return Units(most(prices, "price"), most(qtys, "quantity"))
+
+
+def _percentage(raw: dict[str, Any], key: str) -> tuple[int | None, int]:
+    """An optional percentage of the market object as an exact fraction (``None``: not set)."""
+    pct = raw.get(key)
+    return MarketSpec.band_fraction(None if pct is None else _decimal(pct, f"market.{key}"))
 
 
 def parse_market(raw: Any, units: Units) -> MarketSpec:
@@ -137,10 +147,17 @@ def parse_market(raw: Any, units: Units) -> MarketSpec:
             raise ScenarioError(f"market: missing {key!r}")
     lot = units.qty(raw["lot_size"], "market.lot_size")
     min_qty = units.qty(raw["min_qty"], "market.min_qty") if raw.get("min_qty") is not None else lot
-    pct = raw.get("price_band_pct")
-    band_num, band_den = MarketSpec.band_fraction(
-        None if pct is None else _decimal(pct, "market.price_band_pct")
+    band_num, band_den = _percentage(raw, "price_band_pct")
+    max_qty = units.qty(raw["max_qty"], "market.max_qty") if raw.get("max_qty") is not None else None
+    max_notional = (
+        _units(raw["max_notional"], units.price_decimals + units.qty_decimals, "market.max_notional")
+        if raw.get("max_notional") is not None
+        else None
     )
+    collar_num, collar_den = _percentage(raw, "collar_pct")
+    interval = 60 if raw.get("collar_interval_s") is None else raw["collar_interval_s"]
+    if isinstance(interval, bool) or not isinstance(interval, int):
+        raise ScenarioError(f"market.collar_interval_s: expected an integer (seconds), got {interval!r}")
     try:
         return MarketSpec(
             market=str(raw["market"]),
@@ -149,6 +166,11 @@ def parse_market(raw: Any, units: Units) -> MarketSpec:
             min_qty=min_qty,
             band_num=band_num,
             band_den=band_den,
+            max_qty=max_qty,
+            max_notional=max_notional,
+            collar_num=collar_num,
+            collar_den=collar_den,
+            collar_interval_ms=interval * 1000,
         )
     except ValueError as exc:
         raise ScenarioError(f"market: {exc}") from None

@@ -31,7 +31,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
 METRICS_MD = PROMETHEUS_DIR / "METRICS.md"
 GRAFANA_DIR = ROOT / "infra" / "grafana"
-MISSION_FAILURE_MODES = ROOT.parent / "shared" / "mission" / "failure-modes.md"
+ALERTS_MD = ROOT / "docs" / "alerts.md"
 
 CORE = {"kafka", "timescaledb", "anvil"}
 ONE_SHOT = {"topics", "migrate"}
@@ -47,7 +47,7 @@ LONG_RUNNING_PIPELINE = set(PIPELINE_COMMANDS) - ONE_SHOT
 MONITORING = {"prometheus", "grafana", "kafka-ui"}
 METRICS_PORT = 9400
 
-# mission/failure-modes.md, "Alert Thresholds": alert -> (metric, comparison, threshold, severity).
+# docs/alerts.md: alert -> (metric, comparison, threshold, severity).
 MISSION_ALERTS = {
     "OrderLatencyP99High": ("xchg_order_latency_seconds", ">", 0.1, "warning"),
     "TradeThroughputLow": ("xchg_trades_total", "<", 10.0, "warning"),
@@ -450,9 +450,8 @@ def test_alert_threshold_matches_the_mission(alert: str) -> None:
 
 
 def test_mission_thresholds_are_the_ones_the_test_expects() -> None:
-    if not MISSION_FAILURE_MODES.is_file():
-        pytest.skip("mission/failure-modes.md is not beside this checkout")
-    text = MISSION_FAILURE_MODES.read_text()
+    assert ALERTS_MD.is_file(), f"{ALERTS_MD.relative_to(ROOT)} is missing"
+    text = ALERTS_MD.read_text()
     expected = {
         r"Order latency > (\d+)ms: (\w+)": (MISSION_ALERTS["OrderLatencyP99High"], 1000),
         r"Trade TPS < (\d+): (\w+)": (MISSION_ALERTS["TradeThroughputLow"], 1),
@@ -461,7 +460,7 @@ def test_mission_thresholds_are_the_ones_the_test_expects() -> None:
     }
     for pattern, ((_, _, threshold, severity), scale) in expected.items():
         match = re.search(pattern, text)
-        assert match, f"mission no longer says {pattern!r}"
+        assert match, f"{ALERTS_MD.relative_to(ROOT)} no longer says {pattern!r}"
         assert float(match.group(1)) / scale == pytest.approx(threshold)
         assert match.group(2).lower() == severity
 

@@ -14,7 +14,7 @@ from streams.domain.market import to_units
 from streams.offline.scenario import load_scenario, run_commands
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-SCENARIOS = REPO_ROOT / ".." / "shared" / "conformance" / "scenarios"
+SCENARIOS = REPO_ROOT / "tests" / "conformance"
 
 
 def _write_inputs(tmp_path: Path, name: str) -> tuple[Path, Path]:
@@ -32,21 +32,21 @@ def _invoke(*args: str) -> tuple[int, str, str]:
 
 
 def test_replay_writes_events_and_prints_hash(tmp_path: Path) -> None:
-    spec, log = _write_inputs(tmp_path, "10-stp-modes.json")
+    spec, log = _write_inputs(tmp_path, "rule05-stp-mixed-sequence.json")
     out = tmp_path / "events.jsonl"
     code, stdout, _ = _invoke("--market-spec", str(spec), "--input", str(log), "--output", str(out))
     assert code == 0, stdout
     summary = json.loads(stdout.strip().splitlines()[-1])
-    scenario = load_scenario(SCENARIOS / "10-stp-modes.json")
+    scenario = load_scenario(SCENARIOS / "rule05-stp-mixed-sequence.json")
     engine, events = run_commands(scenario.spec, scenario.commands)
     assert summary == {"commands": 7, "events": len(events), "state_hash": engine.state_hash()}
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [d["seq"] for d in lines] == list(range(1, len(events) + 1))
     trade = next(d for d in lines if d["type"] == "trade")
     assert trade == {
-        "type": "trade", "seq": trade["seq"], "ts": 1700000000039, "trade_id": 1, "price": "100.00",
-        "qty": "1.000", "maker_order_id": "s2", "maker_account": "bob", "taker_order_id": "b1",
-        "taker_account": "alice", "taker_side": "buy",
+        "type": "trade", "seq": trade["seq"], "ts": 1760000000002, "trade_id": 1, "price": "310.00",
+        "qty": "0.700", "maker_order_id": "A2", "maker_account": "pat", "taker_order_id": "X1",
+        "taker_account": "ora", "taker_side": "buy",
     }  # fmt: skip
     expired = [d for d in lines if d["type"] == "order_expired"]
     assert {d["reason"] for d in expired} == {"stp_maker", "stp_taker", "stp_decrement"}
@@ -70,7 +70,7 @@ def test_replay_writes_events_and_prints_hash(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_replay_input_errors_are_one_line(tmp_path: Path, content: str, message: str) -> None:
-    spec, _ = _write_inputs(tmp_path, "01-price-time-priority.json")
+    spec, _ = _write_inputs(tmp_path, "rule01-price-time-priority.json")
     log = tmp_path / "commands.jsonl"
     log.write_text(content)
     code, stdout, stderr = _invoke(
@@ -84,7 +84,7 @@ def test_replay_input_errors_are_one_line(tmp_path: Path, content: str, message:
 
 
 def test_replay_missing_files(tmp_path: Path) -> None:
-    spec, log = _write_inputs(tmp_path, "01-price-time-priority.json")
+    spec, log = _write_inputs(tmp_path, "rule01-price-time-priority.json")
     code, _, stderr = _invoke(
         "--market-spec", str(tmp_path / "nope.json"), "--input", str(log), "--output", "x"
     )
@@ -96,7 +96,7 @@ def test_replay_missing_files(tmp_path: Path) -> None:
 
 
 def test_replay_bad_market_spec(tmp_path: Path) -> None:
-    _, log = _write_inputs(tmp_path, "01-price-time-priority.json")
+    _, log = _write_inputs(tmp_path, "rule01-price-time-priority.json")
     spec = tmp_path / "market.json"
     spec.write_text('{"market": "X",\n "tick_size": }')
     code, _, stderr = _invoke(
@@ -108,3 +108,18 @@ def test_replay_bad_market_spec(tmp_path: Path) -> None:
         "--market-spec", str(spec), "--input", str(log), "--output", str(tmp_path / "o")
     )
     assert code == 2 and "missing 'lot_size'" in stderr
+
+
+def test_replay_market_spec_with_bounds(tmp_path: Path) -> None:
+    """A market spec with max_qty, max_notional and a collar replays to the scenario's trades."""
+    for name in ("rule11-market-order-qty-bound.json", "rule12-market-order-stops-at-collar.json"):
+        spec, log = _write_inputs(tmp_path, name)
+        out = tmp_path / "events.jsonl"
+        code, stdout, _ = _invoke("--market-spec", str(spec), "--input", str(log), "--output", str(out))
+        assert code == 0, stdout
+        scenario = load_scenario(SCENARIOS / name)
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        trades = [(d["maker_order_id"], d["taker_order_id"]) for d in lines if d["type"] == "trade"]
+        assert trades == [(t["maker_order_id"], t["taker_order_id"]) for t in scenario.expect.trades]
+        rejects = [(d["order_id"], d["reason"]) for d in lines if d["type"] == "order_rejected"]
+        assert rejects == [(r["order_id"], r["reason"]) for r in scenario.expect.rejects]
