@@ -1,7 +1,9 @@
 """Seeded order flow: the standard mix of commands over one or more markets.
 
-``OrderFlow`` is deterministic per seed and needs no feedback from the engine. The mix (per
-command; prices relative to a fixed mid per market, in ticks):
+``StandardMix`` is the one definition of the mix, shared by the load generator (``OrderFlow``,
+deterministic per seed, no feedback from the engine: cancels and amends aim at recently placed
+orders) and the engine benchmark (``streams.bench.engine``, which follows a scratch engine so
+that they aim at resting ones). Per command, prices relative to a fixed mid per market, in ticks:
 
 - 49 % passive limit GTC orders, 1 + a geometric offset (mean ~8 ticks, capped at 60) away from
   the mid, 1 to 20 lots, 5 % post-only;
@@ -9,7 +11,8 @@ command; prices relative to a fixed mid per market, in ticks):
 - 8 % amends of a recent order: 60 % size cuts (keep priority), 40 % price moves (re-queue);
 - 10 % aggressive orders crossing the mid by 0 to 5 ticks, 5 to 60 lots: 60 % limit IOC, 20 %
   limit GTC, 20 % market;
-- 2.99 % invalid places (zero quantity, off-tick price) → coded rejects;
+- 2.99 % invalid places (half zero quantity, half off-tick price, or off-lot quantity where the
+  tick is 1) → coded rejects;
 - 0.01 % cancel-all of one account;
 - self-trade prevention on every order: 70 % expire_maker, 10 % none, 10 % decrement,
   5 % expire_taker, 5 % expire_both.
@@ -25,7 +28,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from confluent_kafka import Producer
 
@@ -54,71 +57,68 @@ BUY, SELL = Side.BUY, Side.SELL
 LIMIT, MARKET = OrderType.LIMIT, OrderType.MARKET
 GTC, IOC = TimeInForce.GTC, TimeInForce.IOC
 
-
-@dataclass
-class _Market:
-    spec: MarketSpec
-    mid: int  # price units
-    pool: list[tuple[str, str, Side, int, int]]  # recent (order_id, account, side, price, qty)
+Target = tuple[str, str, Side, int, int]  # (order_id, account, side, price, open qty)
 
 
-class OrderFlow:
-    def __init__(self, specs: list[MarketSpec], seed: int, accounts: int = 200,
-                 mid_ticks: int = DEFAULT_MID_TICKS, prefix: str = "") -> None:
-        if not specs:
-            raise ValueError("order flow needs at least one market")
-        self.rng = random.Random(seed)
-        self.markets = [_Market(s, s.tick * mid_ticks, []) for s in specs]
-        self.accounts = [f"acct{i:03d}" for i in range(accounts)]
-        self.prefix = prefix or f"s{seed}-"
-        self.count = 0
+class Targets(Protocol):
+    """Where a generator's cancels and amends aim: orders it believes are resting."""
 
-    def _offset(self) -> int:
+    def __len__(self) -> int: ...
+
+    def take(self, index: int) -> Target:
+        """The target at ``index`` (0 <= index < len); a generator that tracks its own orders
+        forgets it (an amend gives it back through ``placed``)."""
+        ...
+
+    def placed(self, target: Target) -> None:
+        """A place or amend the mix just made (a generator fed by an engine may ignore it)."""
+        ...
+
+
+class StandardMix:
+    """The standard command mix (module docstring) drawn from ``rng``, the same draws in the same
+    order for every generator: the seed alone fixes the commands.
+
+    ``keep_book``: while fewer targets rest, cancel slots place passive orders instead, so that
+    a book fed by the mix fills up to about that depth (the benchmark) instead of draining."""
+
+    def __init__(self, rng: random.Random, keep_book: int = 0) -> None:
+        self.rng = rng
+        self.keep_book = keep_book
+
+    def offset(self) -> int:
+        """Ticks away from the mid of a passive price: 1 + geometric (mean ~8), at most 60."""
         return min(60, 1 + int(self.rng.expovariate(1 / 7)))
 
-    def _pick(self, pool: list[tuple[str, str, Side, int, int]]) -> tuple[str, str, Side, int, int]:
-        i = self.rng.randint(0, len(pool) - 1)
-        pool[i], pool[-1] = pool[-1], pool[i]
-        return pool.pop()
-
-    def next(self, ts: int = 0) -> tuple[str, Command]:
-        """The next ``(market, command)``; ``ts`` is only used by in-process runs."""
+    def command(self, spec: MarketSpec, mid: int, cid: str, oid: str, ts: int, accounts: list[str],
+                targets: Targets) -> Command:
         rng = self.rng
         rand, randint = rng.random, rng.randint
-        i = self.count
-        self.count += 1
-        m = self.markets[randint(0, len(self.markets) - 1)] if len(self.markets) > 1 else self.markets[0]
-        spec, mid, pool = m.spec, m.mid, m.pool
         tick, lot = spec.tick, spec.lot
         lots_min = -(-spec.min_qty // lot)
-        cid = f"{self.prefix}c{i}"
-        oid = f"{self.prefix}o{i}"
-        account = self.accounts[randint(0, len(self.accounts) - 1)]
+        account = accounts[randint(0, len(accounts) - 1)]
         stp = _STP[randint(0, 19)]
         r = rand()
         cmd: Command
-        if r < 0.49 or (r < 0.87 and not pool):
+        if r < 0.49 or (r < 0.87 and not len(targets)) or (r < 0.79 and len(targets) < self.keep_book):
             side = BUY if rand() < 0.5 else SELL
-            price = mid - tick * self._offset() if side is BUY else mid + tick * self._offset()
+            price = mid - tick * self.offset() if side is BUY else mid + tick * self.offset()
             qty = lot * randint(lots_min, lots_min + 19)
             cmd = Place(cid, ts, oid, account, side, LIMIT, price, qty, GTC, rand() < 0.05, stp)
-            pool.append((oid, account, side, price, qty))
-            if len(pool) > POOL_CAP:
-                pool[0] = pool[-1]
-                pool.pop()
+            targets.placed((oid, account, side, price, qty))
         elif r < 0.79:
-            target, owner, _, _, _ = self._pick(pool)
+            target, owner, _, _, _ = targets.take(randint(0, len(targets) - 1))
             cmd = Cancel(cid, ts, target, owner)
         elif r < 0.87:
-            target, owner, side, price, qty = self._pick(pool)
+            target, owner, side, price, qty = targets.take(randint(0, len(targets) - 1))
             if rand() < 0.6:
                 new_qty = max(lot * lots_min, qty - lot * randint(1, 5))
                 cmd = Amend(cid, ts, target, owner, new_qty, None)
-                pool.append((target, owner, side, price, new_qty))
+                targets.placed((target, owner, side, price, new_qty))
             else:
-                new_price = mid - tick * self._offset() if side is BUY else mid + tick * self._offset()
+                new_price = mid - tick * self.offset() if side is BUY else mid + tick * self.offset()
                 cmd = Amend(cid, ts, target, owner, None, new_price)
-                pool.append((target, owner, side, new_price, qty))
+                targets.placed((target, owner, side, new_price, qty))
         elif r < 0.97:
             side = BUY if rand() < 0.5 else SELL
             through = randint(0, 5)
@@ -131,7 +131,7 @@ class OrderFlow:
                 cmd = Place(cid, ts, oid, account, side, LIMIT, price, qty, IOC if kind < 0.8 else GTC, False, stp)
         elif r < 0.9999:
             side = BUY if rand() < 0.5 else SELL
-            price = mid - tick * self._offset() if side is BUY else mid + tick * self._offset()
+            price = mid - tick * self.offset() if side is BUY else mid + tick * self.offset()
             qty = lot * lots_min
             if rand() < 0.5 or (tick == 1 and lot == 1):
                 qty = 0  # invalid_qty
@@ -142,7 +142,58 @@ class OrderFlow:
             cmd = Place(cid, ts, oid, account, side, LIMIT, price, qty, GTC, False, stp)
         else:
             cmd = CancelAll(cid, ts, account)
-        return spec.market, cmd
+        return cmd
+
+
+class _Pool:
+    """The load generator's targets: recently placed orders, at most ``POOL_CAP`` (some have
+    filled or been cancelled meanwhile: their cancels are ``unknown_order``)."""
+
+    def __init__(self) -> None:
+        self.orders: list[Target] = []
+
+    def __len__(self) -> int:
+        return len(self.orders)
+
+    def take(self, index: int) -> Target:
+        orders = self.orders
+        orders[index], orders[-1] = orders[-1], orders[index]
+        return orders.pop()
+
+    def placed(self, target: Target) -> None:
+        self.orders.append(target)
+        if len(self.orders) > POOL_CAP:
+            self.orders[0] = self.orders[-1]
+            self.orders.pop()
+
+
+@dataclass
+class _Market:
+    spec: MarketSpec
+    mid: int  # price units
+    pool: _Pool
+
+
+class OrderFlow:
+    def __init__(self, specs: list[MarketSpec], seed: int, accounts: int = 200,
+                 mid_ticks: int = DEFAULT_MID_TICKS, prefix: str = "") -> None:
+        if not specs:
+            raise ValueError("order flow needs at least one market")
+        self.rng = random.Random(seed)
+        self.mix = StandardMix(self.rng)
+        self.markets = [_Market(s, s.tick * mid_ticks, _Pool()) for s in specs]
+        self.accounts = [f"acct{i:03d}" for i in range(accounts)]
+        self.prefix = prefix or f"s{seed}-"
+        self.count = 0
+
+    def next(self, ts: int = 0) -> tuple[str, Command]:
+        """The next ``(market, command)``; ``ts`` is only used by in-process runs."""
+        i = self.count
+        self.count += 1
+        markets = self.markets
+        m = markets[self.rng.randint(0, len(markets) - 1)] if len(markets) > 1 else markets[0]
+        cmd = self.mix.command(m.spec, m.mid, f"{self.prefix}c{i}", f"{self.prefix}o{i}", ts, self.accounts, m.pool)
+        return m.spec.market, cmd
 
     def __iter__(self) -> Iterator[tuple[str, Command]]:
         while True:
