@@ -197,6 +197,9 @@ EVENT_TYPES: dict[str, type[Any]] = {
 EVENT_NAMES: dict[type[Any], str] = {cls: name for name, cls in EVENT_TYPES.items()}
 
 _OUTCOMES = (OrderAccepted, OrderRejected, OrderAmended, CancelAllDone, MarketStateChanged)
+#: Names of the event types that can be a command's outcome (``OrderCancelled`` only with reason
+#: ``user``, see ``is_outcome``): for readers that look at an encoded event's type name first.
+OUTCOME_NAMES = tuple(cls.__name__ for cls in (*_OUTCOMES, OrderCancelled))
 
 
 def is_outcome(event: Event) -> bool:
