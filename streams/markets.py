@@ -50,24 +50,30 @@ class MarketConfig(BaseModel):
 
     @model_validator(mode="after")
     def _exact_units(self) -> MarketConfig:
-        try:
-            to_units(self.tick_size, self.price_decimals)
-            lot = to_units(self.lot_size, self.qty_decimals)
-            min_qty = to_units(self.min_qty or self.lot_size, self.qty_decimals)
-            max_qty = to_units(self.max_qty, self.qty_decimals)
-            max_notional = to_units(self.max_notional, self.price_decimals + self.qty_decimals)
-        except UnitError as error:
-            raise ValueError(f"{self.symbol}: {error}") from None
+        # Each message names its field: the loader prints it as "market X: <message>".
+        def units(field: str, amount: Decimal, decimals: int, what: str) -> int:
+            try:
+                return to_units(amount, decimals)
+            except UnitError:
+                raise ValueError(f"{field}: {amount} is not a whole number of {what} "
+                                 f"(at most {decimals} decimal places)") from None
+
+        units("tick_size", self.tick_size, self.price_decimals, "price units")
+        lot = units("lot_size", self.lot_size, self.qty_decimals, "quantity units")
+        min_qty = units("min_qty", self.min_qty or self.lot_size, self.qty_decimals, "quantity units")
+        max_qty = units("max_qty", self.max_qty, self.qty_decimals, "quantity units")
+        max_notional = units("max_notional", self.max_notional, self.price_decimals + self.qty_decimals,
+                             "price x quantity units")
         if max_qty % lot or max_qty < min_qty:
-            raise ValueError(f"{self.symbol}: max_qty must be a multiple of lot_size and at least min_qty")
+            raise ValueError(f"max_qty: {self.max_qty} must be a multiple of lot_size and at least min_qty")
         if max_qty > MAX_QTY_CEILING:
-            raise ValueError(f"{self.symbol}: max_qty is {max_qty} quantity units, above the ceiling "
-                             f"{MAX_QTY_CEILING} (a day's volume must fit a long)")
+            raise ValueError(f"max_qty: {max_qty} quantity units is above the ceiling {MAX_QTY_CEILING} "
+                             f"(a day's volume must fit a long)")
         if max_notional > MAX_NOTIONAL_CEILING:
-            raise ValueError(f"{self.symbol}: max_notional is {max_notional} price x quantity units, above "
-                             f"the ceiling {MAX_NOTIONAL_CEILING} (a day's quote volume must fit decimal(38,0))")
+            raise ValueError(f"max_notional: {max_notional} price x quantity units is above the ceiling "
+                             f"{MAX_NOTIONAL_CEILING} (a day's quote volume must fit decimal(38,0))")
         if f"{self.base}-{self.quote}" != self.symbol:
-            raise ValueError(f"{self.symbol}: symbol must be BASE-QUOTE ({self.base}-{self.quote})")
+            raise ValueError(f"symbol: must be BASE-QUOTE ({self.base}-{self.quote})")
         return self
 
     def spec(self) -> MarketSpec:
@@ -129,6 +135,8 @@ class MarketRegistry:
             except ValidationError as error:
                 first = error.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
+                message = first["msg"].removeprefix("Value error, ")  # the model's own checks name their field
                 name = entry.get("symbol", f"#{index}") if isinstance(entry, dict) else f"#{index}"
-                raise RegistryError(f"market file {path}: market {name}: {where}: {first['msg']}") from None
+                detail = f"{where}: {message}" if where else message
+                raise RegistryError(f"market file {path}: market {name}: {detail}") from None
         return cls(markets)
