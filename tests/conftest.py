@@ -46,6 +46,16 @@ def project_topics(kafka_bootstrap: str) -> str:
     return kafka_bootstrap
 
 
+@pytest.fixture(autouse=True)
+def namespaces_are_deleted() -> Iterator[None]:
+    """Each test's fresh topics (``tests.pipeline.fresh_namespace``) are deleted when it ends:
+    torn down after the test's own fixtures, which stop the processes that used them."""
+    yield
+    from tests.pipeline import forget_namespaces
+
+    forget_namespaces()
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix for per-test topics, groups and transactional ids."""

@@ -184,6 +184,10 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                 await changelog.send(key=progress_key, value=table.data[progress_key], partition=partition)
 
     progress: dict[int, int] = {}  # partition -> next input offset folded (also in the table)
+    # Counts forget() calls: a record whose folding spanned one (a revocation while it awaited a
+    # send) must not write its position back, or the next record of a re-assigned partition
+    # would skip the position check.
+    forgotten = [0]
 
     async def forget() -> None:
         """Drop what is folded but not flushed, and the in-memory states and positions: the
@@ -193,6 +197,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
             for pending in (live, dirty, dirty_progress, progress):
                 pending.clear()
             unacked.clear()
+            forgotten[0] += 1
 
     @app.on_partitions_revoked.connect
     async def on_revoked(*_: Any, **__: Any) -> None:
@@ -242,55 +247,59 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
     @app.agent(trades)
     async def process(stream: faust.StreamT[bytes]) -> None:
         try:
-            await fold_stream(stream)
-        except Exception as error:  # any failure of the agent ends the worker, non-zero
-            stats.crashed = f"{type(error).__name__}: {error}"
-            log.error("candle agent crashed; stopping the worker", error=stats.crashed)
-            # faust would keep the process alive without its agent: no candles for any market
-            # while it looks healthy. Stop it so that a process manager restarts it.
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    async def fold_stream(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            stats.last_event = time.monotonic()
-            if not stats.first_trade:
-                stats.first_trade = stats.last_event
-            if not recovery.completed.is_set():
-                # Never read the table before faust has restored it from the changelog.
-                await recovery.completed.wait()
-                await forget()
-            topic, partition, offset = event.message.topic, event.message.partition, event.message.offset
-            progress_key = f"__progress__:{partition}".encode()
-            known = progress.get(partition)
-            if known is None:
-                # The first record of this partition since the table was restored or the
-                # partition assigned: is the consumer past records whose folding never reached
-                # the changelog (offsets committed before a flush, then a crash or a rebalance)?
-                # No recorded position: nothing was flushed, so everything before this record
-                # (from the start of the log) may be unfolded. Later records need no such check:
-                # within an assignment the consumer delivers every committed record in order, and
-                # the offsets between two of them are transaction markers, not lost records.
-                stored = table.get(progress_key)
-                expected = int(stored) if stored else 0
-                if offset > expected:
+            async for event in stream.events():
+                stats.last_event = time.monotonic()
+                if not stats.first_trade:
+                    stats.first_trade = stats.last_event
+                if not recovery.completed.is_set():
+                    # Never read the table before faust has restored it from the changelog.
+                    await recovery.completed.wait()
+                    await forget()
+                topic, partition, offset = event.message.topic, event.message.partition, event.message.offset
+                progress_key = f"__progress__:{partition}".encode()
+                generation = forgotten[0]
+                known = progress.get(partition)
+                if known is None:
+                    # The first record of this partition since the table was restored or the
+                    # partition assigned. No recorded position: nothing was flushed, so everything
+                    # before this record (from the start of the log) may be unfolded.
+                    stored = table.get(progress_key)
+                    expected = int(stored) if stored else 0
+                else:
+                    expected = known
+                # Records between the position and this one have not been folded: offsets committed
+                # before a flush and then a crash, or a seek after a rebalance (faust may deliver a
+                # few records fetched before it and then move on). Fold them from the topic first.
+                # One offset past a record is the marker of the transaction that record ended (one
+                # transactional producer writes each trades partition), not a lost record: only the
+                # first record after a restore, whose position may be that of a record, checks
+                # every gap. A gap of more than one is an aborted transaction (read_committed finds
+                # nothing in it) or records moved past.
+                if offset - expected > (0 if known is None else 1):
                     skipped = read_trades(config, codec, topic, partition, expected, offset)
                     stats.refetched += len(skipped)
                     log.info("folding records past the flushed position from the topic", partition=partition,
                              expected=expected, got=offset, records=len(skipped))
                     for earlier in skipped:
                         await apply(earlier, partition, f"{topic}/{partition}")
-            try:
-                trade = codec.decode(TRADES, event.value)
-            except DecodeError as error:
-                stats.undecodable += 1
-                log.warning("undecodable trade skipped", reason=error.reason, offset=offset)
-            else:
-                await apply(trade, partition, f"{topic}/{partition}/{offset}")
-            if known is None or offset + 1 > known:
-                progress[partition] = offset + 1
-                dirty_progress[partition] = offset + 1
-            if len(unacked) >= FLUSH_UPDATES or time.monotonic() - flushed_at[0] >= FLUSH_S:
-                await flush()
+                try:
+                    trade = codec.decode(TRADES, event.value)
+                except DecodeError as error:
+                    stats.undecodable += 1
+                    log.warning("undecodable trade skipped", reason=error.reason, offset=offset)
+                else:
+                    await apply(trade, partition, f"{topic}/{partition}/{offset}")
+                if forgotten[0] == generation and (known is None or offset + 1 > known):
+                    progress[partition] = offset + 1
+                    dirty_progress[partition] = offset + 1
+                if len(unacked) >= FLUSH_UPDATES or time.monotonic() - flushed_at[0] >= FLUSH_S:
+                    await flush()
+        except Exception as error:  # any failure of the agent ends the worker, non-zero
+            stats.crashed = f"{type(error).__name__}: {error}"
+            log.error("candle agent crashed; stopping the worker", error=stats.crashed)
+            # faust would keep the process alive without its agent: no candles for any market
+            # while it looks healthy. Stop it so that a process manager restarts it.
+            os.kill(os.getpid(), signal.SIGTERM)
 
     @app.timer(interval=FLUSH_S)  # type: ignore[untyped-decorator]
     async def flush_when_quiet() -> None:
