@@ -23,8 +23,10 @@ default to names containing it, and every reader (resume, submitter, reconciliat
 deployment's records, so a redeployed dev chain starts its batches afresh beside the old ones.
 
 Any Kafka transaction error ends the process non-zero after an abort: restart is the recovery path
-(the new producer with the same id fences the old one; the state comes back as above). A trade-id
-gap is refused (``BatchInputError``): settlement never skips a trade.
+(the new producer with the same id fences the old one; the state comes back as above). So does a
+consumed error that the client cannot go on after (``ClientFatal``, see ``usable``); other consumer
+errors are logged and skipped. A trade-id gap is refused (``BatchInputError``): settlement never
+skips a trade.
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
 
 from connectors.settlement.batcher import Batch, BatchConfig, Batcher, Chain, MarketCursor, TradeIn
 from connectors.settlement.chain import Deployment
 from connectors.settlement.economics import MarketUnits, account_address
 from connectors.settlement.errors import SettlementError
 from streams.observability import get_logger
-from streams.runtime.clients import consumer_config, producer_config
+from streams.runtime.clients import consumer_config, producer_config, raise_if_fatal
 from streams.runtime.reader import read_range, standalone_consumer, topic_partitions, watermarks
 from streams.serde.codec import Codec
 from streams.serde.topics import SETTLEMENT_BATCHES, TRADES
@@ -77,6 +79,18 @@ DEPLOYMENT_HEADER = "xchg.settlement"
 
 
 Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None  # as consumed
+
+
+def usable(message: Message, logger: Any = log) -> bool:
+    """True for a record. A consumed error goes through ``raise_if_fatal`` (``ClientFatal`` for a
+    fenced static member, a fatal or an authorisation error, which librdkafka may report with code
+    ``_FATAL`` while ``fatal()`` is false); any other error is logged and the message skipped."""
+    error = message.error()
+    if error is None:
+        return True
+    raise_if_fatal(error)
+    logger.warning("consumer error skipped", error=error.name(), reason=error.str())
+    return False
 
 
 def of_deployment(headers: Headers, deployment: str) -> bool:
@@ -115,7 +129,7 @@ class BatchService:
         self.ns = settings.namespace
         self.in_topic, self.out_topic = self.ns(TRADES), self.ns(SETTLEMENT_BATCHES)
         bootstrap = settings.bootstrap_servers
-        group = run.group or f"{settings.topic_prefix}xchg-settle-batcher-{deployment.settlement.lower()}"
+        group = settings.client_identity(run.group, f"xchg-settle-batcher-{deployment.settlement.lower()}")
         self.producer = Producer(producer_config(bootstrap, run.transactional_id or group,
                                                  **{"message.max.bytes": 16_777_216}))
         self.producer.init_transactions(run.commit_timeout_s)  # fences a previous incarnation
@@ -179,7 +193,7 @@ class BatchService:
                 messages = self.consumer.consume(2000, 0.1)
                 closed: list[Batch] = []
                 for m in messages:
-                    if m.error() is not None:
+                    if not usable(m):  # raises ClientFatal for an error the consumer cannot go on after
                         continue
                     trade = TradeIn.from_record(self.codec.decode(TRADES, m.value()))
                     closed.extend(self.batcher.add(trade))

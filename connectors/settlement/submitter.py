@@ -7,7 +7,7 @@ State machine per batch (stored in ``settlement_batches``, every transition also
                       │   ▲                      │
      not included in  │   │ replacement sent     │ receipt gone / block hash changed
      N blocks: bump   ▼   │ (same nonce)         ▼
-                    REPLACED (fee +12.5 % min)  REORGED ──► resent as a new transaction
+                    REPLACED (fee +12.5 % min)  REORGED ──► re-signed first, in old-nonce order
                       │ bump would pass the fee cap
                       ▼
                     ALERT (keeps watching the pending transaction; an operator raises the cap)
@@ -18,18 +18,32 @@ State machine per batch (stored in ``settlement_batches``, every transition also
 * **One sender per key.** ``acquire`` takes a PostgreSQL advisory lock on the operator address (a
   second submitter fails at start-up) and bumps the sender's ``epoch``; every state write carries
   the epoch and is refused when a newer holder exists (a paused zombie cannot write).
-* **Nonces.** One transaction in flight per sender: the nonce of a new send is the chain's pending
-  count (recorded in ``settlement_senders.next_nonce`` and on the transaction row); replacements
-  reuse the nonce. Transactions are written to ``settlement_txs`` *before* broadcast (write-ahead):
-  after a crash the submitter looks for a receipt of any of the batch's transactions and
-  re-broadcasts the current one when the node does not know it.
+* **Nonces.** The decisions are pure functions in ``decide.py`` (its docstring has the rules). At
+  most one transaction of ours can be mined next (the one whose nonce is the chain's count of the
+  sender's mined transactions); nothing new is sent while it is in flight. A reorg can leave a
+  pending transaction above a *nonce gap* (its predecessors' transactions removed, not re-queued):
+  such a transaction is never fee-bumped, its inclusion clock is held at the tip, and the gap is
+  filled at once: REORGED batches first, in the order of their old nonces (each re-signed at the
+  chain's count, which is its old nonce when the gap is exactly the reorged ones), then BUILT ones,
+  and a no-op self-transfer when no batch can fill it. Without a gap a new send takes the node's
+  pending count. The nonce is recorded in ``settlement_senders.next_nonce`` and on the transaction
+  row; replacements reuse it. Transactions are written to ``settlement_txs`` *before* broadcast
+  (write-ahead): after a crash the submitter looks for a receipt of any of the batch's
+  transactions and re-broadcasts the current one when the node does not know it (anvil also
+  drops a transaction stranded above a gap when it mines the next block).
 * **Fees.** EIP-1559 from ``eth_feeHistory`` (``chain.suggest_fees``), max fee capped by
   ``EXCHANGE_SETTLEMENT_MAX_FEE_WEI``; gas limit 150 % of a fresh ``eth_estimateGas``, capped by
   the block gas limit, re-estimated before each replacement. A transaction not included after
   ``EXCHANGE_SETTLEMENT_REPLACE_AFTER_BLOCKS`` blocks is replaced with max fee and tip raised by at
   least 12.5 % (or to the fresh suggestion when higher).
-* **Finality.** INCLUDED → FINALIZED when the block is at or below the ``finalized`` tag, at least
-  ``EXCHANGE_SETTLEMENT_MIN_DEPTH`` blocks deep, and still has the recorded hash.
+* **Finality.** INCLUDED → FINALIZED when the batch's block is at or below the ``finalized``
+  block *and* at least ``EXCHANGE_SETTLEMENT_MIN_DEPTH`` blocks deep counting itself
+  (``tip - block + 1 >= MIN_DEPTH``), and still has the recorded hash: two conditions, not the
+  finalized tag plus that many blocks.
+* **Database failure.** ``xchg settle run`` survives it (see ``Submitter.run``): it pauses with its
+  circuit open, reconnects with capped exponential backoff, re-takes the sender's advisory lock and
+  resumes from the write-ahead state. It stops with a one-line error and exit code 1 instead when
+  resuming is not safe: another submitter took the sender (lock or epoch) during the outage.
 * **Already settled = success after a check.** The contract reverts a replayed batch
   (``BatchAlreadySettled``). When a send is refused or a transaction reverts that way, the
   submitter looks for the ``BatchSettled`` event with this batch's hash (market and hash are
@@ -38,19 +52,21 @@ State machine per batch (stored in ``settlement_batches``, every transition also
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import psycopg
+import stamina
 from confluent_kafka import KafkaException, Producer, TopicPartition
 from eth_hash.auto import keccak
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
 
-from connectors.settlement.batch_service import of_deployment
+from connectors.settlement.batch_service import of_deployment, usable
 from connectors.settlement.batcher import Batch, Chain, onchain_deltas
 from connectors.settlement.chain import (
     Deployment,
@@ -60,6 +76,24 @@ from connectors.settlement.chain import (
     settlement_contract,
     suggest_fees,
     web3,
+)
+from connectors.settlement.decide import (
+    ALERT,
+    BUILT,
+    FAILED,
+    FINALIZED,
+    INCLUDED,
+    PENDING,
+    REORGED,
+    REPLACED,
+    SUBMITTED,
+    ChainView,
+    Filler,
+    Watch,
+    bump,
+    filler_fees,
+    plan_send,
+    watch_pending,
 )
 from connectors.settlement.economics import account_address, market_id
 from connectors.settlement.errors import SettlementError
@@ -73,19 +107,19 @@ from streams.settings import Settings
 
 log = get_logger("settlement.submitter")
 
-BUILT, SUBMITTED, INCLUDED, FINALIZED = "BUILT", "SUBMITTED", "INCLUDED", "FINALIZED"
-REPLACED, REORGED, FAILED, ALERT = "REPLACED", "REORGED", "FAILED", "ALERT"
-PENDING = (SUBMITTED, REPLACED, ALERT)
+__all__ = ["ALERT", "BUILT", "FAILED", "FINALIZED", "INCLUDED", "PENDING", "REORGED", "REPLACED", "SUBMITTED",
+           "Fenced", "Row", "Submitter", "bump", "ensure_schema", "resume_market"]
+
 BATCH_SETTLED_TOPIC = keccak(b"BatchSettled(bytes32,uint64,uint64,bytes32,bytes32,bytes32)")
+
+
+# The database is gone (connection lost, server stopped or restarting, statement cancelled): the
+# run loop's circuit. psycopg raises OperationalError for a closed connection as well.
+DB_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class Fenced(SettlementError):
     """A newer submitter holds this sender: stop writing."""
-
-
-def bump(value: int) -> int:
-    """value + 12.5 %, rounded up (the replacement minimum)."""
-    return value + (value + 7) // 8
 
 
 @dataclass
@@ -134,10 +168,7 @@ class Submitter:
             raise SettlementError(f"operator key is {self.operator.address}, the deployment's operator is "
                                   f"{deployment.operator} (EXCHANGE_SETTLEMENT_OPERATOR_KEY / namespace)")
         self.chain = Chain(account_address, deployment.tokens)
-        try:
-            self.db = psycopg.connect(settings.writer_dsn(), autocommit=True)
-        except psycopg.OperationalError as error:
-            raise SettlementError(f"database unreachable: {str(error).splitlines()[0]}") from None
+        self.db = self._connect_at_start()
         self.lock_db: psycopg.Connection[Any] | None = None
         self.epoch = 0
         self.ns = settings.namespace
@@ -146,17 +177,64 @@ class Submitter:
         if kafka:
             from streams.runtime.clients import make_consumer
 
-            self.consumer = make_consumer(settings.bootstrap_servers, group or f"xchg-settle-{self.key.lower()}")
+            self.consumer = make_consumer(settings.bootstrap_servers,
+                                          settings.client_identity(group, f"xchg-settle-{self.key.lower()}"))
             self.consumer.subscribe([self.ns(BATCHES_TOPIC)])
         self.block_gas_limit = int(self.w3.eth.get_block("latest")["gasLimit"])
-        self.counters = {"bumps": 0, "reorgs": 0, "resent": 0, "already_settled": 0}
+        self.counters = {"bumps": 0, "reorgs": 0, "resent": 0, "already_settled": 0, "gap_fills": 0,
+                         "db_outages": 0}
+        self.filler: Filler | None = None
+        self.holding: set[tuple[str, int]] = set()  # rows logged as waiting on a nonce gap
+
+    # -- database sessions -----------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        # Keepalives: a server that vanishes without closing the socket is noticed in seconds.
+        return psycopg.connect(self.settings.writer_dsn(), autocommit=True, connect_timeout=5, keepalives=1,
+                               keepalives_idle=5, keepalives_interval=2, keepalives_count=2)
+
+    def _connect_at_start(self) -> psycopg.Connection[Any]:
+        try:
+            return self._connect()
+        except psycopg.OperationalError as error:
+            raise SettlementError(f"database unreachable: {_first_line(error)}") from None
+
+    def _close_db(self) -> None:
+        for conn in (self.lock_db, self.db):
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+        self.lock_db = None
+
+    def _reconnect(self) -> None:
+        """New sessions after a database failure. Raises a ``DB_DOWN`` error while the database is
+        unreachable, and ``Fenced`` when resuming is not safe: the sender's advisory lock (lost
+        with the old session) is held by someone else, or its epoch moved (another submitter took
+        over during the outage)."""
+        self._close_db()
+        self.db = self._connect()
+        if self.epoch == 0:
+            return  # never acquired (tools and tests that only read)
+        lock = self._connect()
+        if not self._try_lock(lock):
+            lock.close()
+            raise Fenced(f"sender {self.operator.address} was taken by another submitter during the database "
+                         "outage (advisory lock held)")
+        self.lock_db = lock
+        row = self.db.execute("select epoch from settlement_senders where address = %s",
+                              (self.operator.address,)).fetchone()
+        if row is None or int(row[0]) != self.epoch:
+            raise Fenced(f"sender {self.operator.address} was taken over during the database outage "
+                         f"(epoch {row and row[0]} != {self.epoch})")
+
+    def _try_lock(self, conn: psycopg.Connection[Any]) -> bool:
+        got = conn.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
+                           (f"xchg-settle:{self.operator.address}",)).fetchone()
+        return bool(got and got[0])
 
     # -- fencing ---------------------------------------------------------------------------------
     def acquire(self) -> Submitter:
-        self.lock_db = psycopg.connect(self.settings.writer_dsn(), autocommit=True)
-        got = self.lock_db.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
-                                   (f"xchg-settle:{self.operator.address}",)).fetchone()
-        if not got or not got[0]:
+        self.lock_db = self._connect_at_start()
+        if not self._try_lock(self.lock_db):
             self.lock_db.close()
             raise SettlementError(f"another submitter holds sender {self.operator.address} (advisory lock)")
         row = self.db.execute(
@@ -169,15 +247,14 @@ class Submitter:
         return self
 
     def close(self) -> None:
+        """Release everything; safe after a database failure (broken sessions are just dropped)."""
         if self.producer is not None:
             self.producer.flush(10)
         if self.consumer is not None:
-            self.consumer.close()
+            with contextlib.suppress(KafkaException, RuntimeError):
+                self.consumer.close()
             self.consumer = None
-        if self.lock_db is not None:
-            self.lock_db.close()
-            self.lock_db = None
-        self.db.close()
+        self._close_db()
 
     def _check_epoch(self, cur: psycopg.Cursor[Any]) -> None:
         row = cur.execute("select epoch from settlement_senders where address = %s for update",
@@ -205,20 +282,31 @@ class Submitter:
     def _ingest_feed(self) -> int:
         if self.consumer is None:
             return 0
+        topic = self.ns(BATCHES_TOPIC)
         messages = self.consumer.consume(500, 0.05)
         batches = []
+        first: dict[int, int] = {}
         offsets: dict[int, int] = {}
         for m in messages:
-            if m.error() is not None:
+            if not usable(m, log):  # raises ClientFatal for an error the consumer cannot go on after
                 continue
+            first.setdefault(m.partition(), m.offset())
             offsets[m.partition()] = m.offset() + 1
             if of_deployment(m.headers(), self.key):
                 batches.append(Batch.from_record(self.codec.decode(BATCHES_TOPIC, m.value())))
         if not offsets:
             return 0
-        added = self.ingest(batches)  # idempotent: a crash before the commit below re-ingests harmlessly
-        self.consumer.commit(offsets=[TopicPartition(self.ns(BATCHES_TOPIC), p, o) for p, o in offsets.items()],
-                             asynchronous=False)
+        try:
+            added = self.ingest(batches)  # idempotent: a crash before the commit below re-ingests harmlessly
+            self.consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
+                                 asynchronous=False)
+        except BaseException:
+            # Not stored (e.g. the database went away): the consumer's position is already past
+            # these records, so rewind it, or the retried step would never see them again.
+            for p, o in first.items():
+                with contextlib.suppress(KafkaException):
+                    self.consumer.seek(TopicPartition(topic, p, o))
+            raise
         return added
 
     # -- transitions -----------------------------------------------------------------------------
@@ -310,51 +398,82 @@ class Submitter:
         return logs[-1] if logs else None
 
     # -- the loop --------------------------------------------------------------------------------
+    def _view(self) -> ChainView:
+        address = self.operator.address
+        return ChainView(tip=int(self.w3.eth.block_number),
+                         confirmed=int(self.w3.eth.get_transaction_count(address, "latest")),
+                         pool_next=int(self.w3.eth.get_transaction_count(address, "pending")))
+
     def step(self) -> bool:
-        """One pass: ingest, watch pending and included transactions, send the next batch."""
+        """One pass: ingest; watch pending transactions (lowest nonce first) and included ones;
+        then carry out ``decide.plan_send``: at most one send (or one gap filler)."""
         self._emit_pending()
         busy = self._ingest_feed() > 0
-        tip = self.w3.eth.block_number
-        halted = self.halted()
-        open_rows = [r for r in self.rows() if r.state not in (FINALIZED, FAILED) and r.market not in halted]
-        for row in open_rows:
-            if row.state in PENDING:
-                busy = self._watch_pending(row, tip) or busy
-            elif row.state == INCLUDED:
-                busy = self._watch_included(row, tip) or busy
-        if any(r.state in PENDING for r in open_rows):
+        view = self._view()
+        rows = self.rows()
+        # Both lists are taken before any transition: a row moves at most one state per step.
+        pending = sorted((r for r in rows if r.state in PENDING), key=lambda r: r.nonce or 0)
+        included = [r for r in rows if r.state == INCLUDED]
+        for row in pending:
+            busy = self._watch_pending(row, view) or busy
+        for row in included:
+            busy = self._watch_included(row, view.tip) or busy
+        rows = self.rows()
+        plan = plan_send(rows, self.halted(), self._view())
+        if plan is None:
             return busy
-        states = {(r.market, r.batch_seq): r.state for r in self.rows()}
-        for row in open_rows:
-            if row.state not in (BUILT, REORGED) or row.market in self.halted():
-                continue
-            prev = states.get((row.market, row.batch_seq - 1))
-            if prev is not None and prev not in (INCLUDED, FINALIZED):
-                continue
-            if self._send(row, tip):
+        by_key = {(r.market, r.batch_seq): r for r in rows}
+        for key in plan.candidates:
+            if self._send(by_key[key], plan.nonce):
                 return True
+        if plan.fill_gap:
+            return self._fill_gap(plan.nonce) or busy
         return busy
 
     def settled(self) -> bool:
         return all(r.state == FINALIZED for r in self.rows())
 
-    def run(self, stop: Any = None, idle_exit_s: float | None = None, poll_s: float = 0.2,
-            max_backoff_s: float = 30.0) -> None:
-        """Step until ``stop()``; transient node or broker errors are retried with a capped
-        exponential backoff (state lives in the database, so a retried step is safe); a lost
-        database session or a fence ends the run."""
+    def run(self, stop: Callable[[], bool] | None = None, idle_exit_s: float | None = None, poll_s: float = 0.2,
+            max_backoff_s: float = 30.0, db_backoff_max_s: float = 5.0) -> None:
+        """Step until ``stop()``. Failures by class:
+
+        * **Node or broker** (transient): the step is retried with capped exponential backoff; the
+          state lives in the database, so a retried step is safe.
+        * **Database** (``DB_DOWN``: connection lost, server stopped or restarting): the circuit
+          opens and no step runs, so no chain action is taken, while new sessions are tried with
+          capped exponential backoff (stamina, up to ``db_backoff_max_s``). It is safe to resume
+          because every broadcast comes after the commit that records it (write-ahead): a failed
+          step left either nothing on chain or a recorded transaction that the watch finds, or
+          re-broadcasts when the node does not know it; consumed batches that were not stored are
+          consumed again. On reconnect the sender's advisory lock is re-taken and its epoch checked;
+          the circuit is logged closed only after a whole step has run against the database.
+        * **Not safe to resume** (``Fenced``: another submitter took the sender, found by any write
+          or on reconnect; ``ClientFatal`` from the consumer): the run ends with that error, which
+          the CLI prints as one line with exit code 1."""
         import requests
 
         idle_since = time.monotonic()
         backoff = poll_s
+        outage_started: float | None = None
         while not (stop and stop()):
             try:
                 progressed = self.step()
+            except DB_DOWN as error:
+                if outage_started is None:
+                    outage_started = time.monotonic()
+                    self.counters["db_outages"] += 1
+                    log.warning("database circuit open: submitting paused", error=_first_line(error))
+                if not self._wait_for_database(stop, db_backoff_max_s):
+                    return  # stopped while the database was down
+                continue
             except (requests.RequestException, Web3RPCError, TimeoutError, KafkaException) as error:
                 log.warning("step failed; retrying", error=str(error)[:300], backoff_s=backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, max_backoff_s)
                 continue
+            if outage_started is not None:  # a whole step ran against the database
+                log.warning("database circuit closed: resumed", outage_s=round(time.monotonic() - outage_started, 3))
+                outage_started = None
             backoff = poll_s
             if progressed:
                 idle_since = time.monotonic()
@@ -363,6 +482,22 @@ class Submitter:
                 return
             if self.consumer is None:
                 time.sleep(poll_s)
+
+    def _wait_for_database(self, stop: Callable[[], bool] | None, wait_max_s: float) -> bool:
+        """Reconnect with capped exponential backoff until the database answers (True) or
+        ``stop()`` (False); ``Fenced`` ends it (resuming is not safe)."""
+        for attempt in stamina.retry_context(on=DB_DOWN, attempts=None, timeout=None, wait_initial=0.2,
+                                             wait_max=wait_max_s, wait_jitter=0.1):
+            with attempt:
+                if stop and stop():
+                    return False
+                try:
+                    self._reconnect()
+                except DB_DOWN as error:
+                    log.info("database still unavailable", attempt=attempt.num, error=_first_line(error))
+                    raise
+        log.info("database circuit half-open: reconnected, sender lock re-taken", epoch=self.epoch)
+        return True
 
     # -- sending ---------------------------------------------------------------------------------
     def _estimate(self, batch: Batch) -> tuple[int | None, tuple[str, tuple[Any, ...]] | None]:
@@ -389,15 +524,20 @@ class Submitter:
             return type(fees)(cap, min(fees.priority_fee, cap))
         return fees
 
-    def _send(self, row: Row, tip: int) -> bool:
+    def _send(self, row: Row, nonce: int) -> bool:
+        """Sign ``row``'s batch at ``nonce`` (chosen by ``plan_send``), record it, then broadcast.
+        False when the contract says an earlier batch is missing (wait)."""
         batch = self._batch(row)
         estimate, refused = self._estimate(batch)
         if refused is not None:
             return self._refused(row, refused)
         assert estimate is not None
         gas = min(estimate * 3 // 2, self.block_gas_limit)
-        nonce = int(self.w3.eth.get_transaction_count(self.operator.address, "pending"))
         fees = self._fees()
+        # The inclusion clock starts at the tip of this moment, read now: the step's view can be a
+        # block behind (anvil mines the previous transaction asynchronously), and a clock started
+        # early replaces a transaction before it had its blocks.
+        tip = int(self.w3.eth.block_number)
         tx_hash, raw = self._sign(batch, nonce, fees, gas)
 
         def write_ahead() -> None:
@@ -475,44 +615,93 @@ class Submitter:
                 return tx_hash, receipt
         return None
 
-    def _watch_pending(self, row: Row, tip: int) -> bool:
+    def _watch_pending(self, row: Row, view: ChainView) -> bool:
         txs = self._txs(row)
-        confirmed = int(self.w3.eth.get_transaction_count(self.operator.address, "latest"))
         found = self._find_receipt(txs)
-        if found is not None:
-            tx_hash, receipt = found
-            if receipt["status"] == 1:
-                gas_used = int(receipt["gasUsed"])
-                SETTLEMENT_GAS_USED.labels(row.market).observe(gas_used)
-                SETTLEMENT_GAS_PRICE.labels(row.market).set(int(receipt["effectiveGasPrice"]))
-                self._transition(row, INCLUDED, tx_hash=tx_hash, block_number=int(receipt["blockNumber"]),
-                                 block_hash=bytes(receipt["blockHash"]), gas_used=gas_used, reason=None)
-                return True
-            return self._success_after_check(row, f"transaction {tx_hash.hex()} reverted")
         assert row.nonce is not None and row.tx_hash is not None
-        if confirmed > row.nonce:
+        action = watch_pending(int(found[1]["status"]) if found else None, row.nonce, row.sent_block, view,
+                               self.settings.settlement_replace_after_blocks)
+        if action is not Watch.HOLD:
+            self.holding.discard((row.market, row.batch_seq))
+        if action is Watch.INCLUDED:
+            assert found is not None
+            tx_hash, receipt = found
+            gas_used = int(receipt["gasUsed"])
+            SETTLEMENT_GAS_USED.labels(row.market).observe(gas_used)
+            SETTLEMENT_GAS_PRICE.labels(row.market).set(int(receipt["effectiveGasPrice"]))
+            self._transition(row, INCLUDED, tx_hash=tx_hash, block_number=int(receipt["blockNumber"]),
+                             block_hash=bytes(receipt["blockHash"]), gas_used=gas_used, reason=None)
+            return True
+        if action is Watch.REVERTED:
+            assert found is not None
+            return self._success_after_check(row, f"transaction {found[0].hex()} reverted")
+        if action is Watch.CONSUMED:
             # The nonce is used but none of our transactions has a receipt: settled by another
             # transaction (checked) or lost; either way the send path decides (estimate first).
             if self.onchain_settlement(row.market, row.batch_hash) is not None:
                 return self._success_after_check(row, "nonce consumed by another transaction")
             self._transition(row, REORGED, reason=f"nonce {row.nonce} consumed without a receipt of ours")
             return True
-        current = next((raw for h, _, raw in txs if h == row.tx_hash), None)
+        # Written ahead but never broadcast (a crash), or dropped by the node (anvil drops a
+        # transaction a reorg left above a gap when it mines the next block): send it again, so
+        # that it is there to be mined the moment its nonce comes up.
+        rebroadcast = self._rebroadcast_if_lost(row, txs)
+        if action is Watch.HOLD:
+            # Waits on a nonce gap: no fee can get it mined, so it is never bumped, and its
+            # inclusion clock is held at the tip until the gap below it is filled.
+            if (row.market, row.batch_seq) not in self.holding:
+                self.holding.add((row.market, row.batch_seq))
+                log.info("transaction waits on a nonce gap", market=row.market, batch_seq=row.batch_seq,
+                         nonce=row.nonce, chain_nonce=view.confirmed)
+            if row.sent_block != view.tip:
+                self._set_sent_block(row, view.tip)
+            return False
+        if rebroadcast:
+            # The node took it again: the inclusion clock restarts from now (the replacement rule is
+            # about transactions the node had). Refused (e.g. priced out after a base fee spike):
+            # the clock runs on and the replacement below follows.
+            self._set_sent_block(row, view.tip)
+            return False
+        if action is Watch.WAIT:
+            return False
+        return self._replace(row, view.tip)
+
+    def _rebroadcast_if_lost(self, row: Row, txs: list[tuple[bytes, int, bytes]]) -> bool:
+        """True when the node did not know the current transaction and accepted it again."""
+        assert row.tx_hash is not None
         try:
             self.w3.eth.get_transaction(row.tx_hash)  # type: ignore[arg-type]
         except TransactionNotFound:
-            # Written ahead but never broadcast (a crash), or dropped by the node: send it again.
-            # If the node takes it, the inclusion clock restarts from now (the replacement rule
-            # is about transactions the node had); if it refuses it (e.g. priced out after a base
-            # fee spike), the clock runs on and the replacement below follows.
-            if current is not None and self._broadcast(current):
-                self.db.execute("update settlement_batches set sent_block = %s where deployment = %s and market = %s"
-                                " and batch_seq = %s", (tip, self.key, row.market, row.batch_seq))
-                row.sent_block = tip
-                return False
-        if row.sent_block is None or tip - row.sent_block < self.settings.settlement_replace_after_blocks:
+            current = next((raw for h, _, raw in txs if h == row.tx_hash), None)
+            return current is not None and self._broadcast(current)
+        return False
+
+    def _set_sent_block(self, row: Row, tip: int) -> None:
+        """Move the inclusion clock (not a state change: no transition record)."""
+        self.db.execute("update settlement_batches set sent_block = %s where deployment = %s and market = %s"
+                        " and batch_seq = %s", (tip, self.key, row.market, row.batch_seq))
+        row.sent_block = tip
+
+    def _fill_gap(self, nonce: int) -> bool:
+        """Fill a nonce gap that no batch can fill with a 0-value transfer to the sender itself.
+
+        Not written ahead: it changes no batch state, and a restart that forgot it at worst signs
+        another no-op for the same nonce, of which only one can be mined."""
+        tip = int(self.w3.eth.block_number)
+        fresh = self._fees()
+        fees = filler_fees(self.filler, nonce, tip, (fresh.max_fee_per_gas, fresh.priority_fee),
+                           self.settings.settlement_replace_after_blocks, self.settings.settlement_max_fee_wei)
+        if fees is None:
             return False
-        return self._replace(row, tip)
+        max_fee, priority = fees
+        signed = self.operator.sign_transaction({
+            "chainId": self.deployment.chain_id, "nonce": nonce, "to": self.operator.address, "value": 0,
+            "gas": 21_000, "maxFeePerGas": max_fee, "maxPriorityFeePerGas": priority, "type": 2})
+        self.filler = Filler(nonce, tip, max_fee, priority)
+        self.counters["gap_fills"] += 1
+        log.warning("nonce gap filled with a no-op transfer", nonce=nonce, tx_hash=bytes(signed.hash).hex(),
+                    max_fee_per_gas=max_fee)
+        return self._broadcast(bytes(signed.raw_transaction))
 
     def _replace(self, row: Row, tip: int) -> bool:
         assert row.max_fee_per_gas is not None and row.priority_fee is not None and row.nonce is not None
@@ -559,6 +748,11 @@ class Submitter:
                 self._transition(row, FINALIZED, reason=None)
                 return True
         return False
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def resume_market(settings: Settings, deployment: Deployment, market: str) -> int:

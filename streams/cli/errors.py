@@ -21,6 +21,7 @@ _OPERATOR_ERRORS = (
     "streams.runtime.topic_admin:TopicFileError",
     "connectors.timescale.migrations:MigrationError",
     "connectors.settlement.errors:SettlementError",
+    "connectors.timescale.errors:SinkError",
     # Why a stream process stops (a fenced static member, a state whose hash disagrees, input
     # deleted by retention, outputs the broker refuses): stated once, exit non-zero.
     "streams.runtime.failures:ClientFatal",

@@ -3,7 +3,9 @@
 - ``xchg settle deploy [--fund-accounts N] [--fund ID ...]``: mock tokens + Settlement on the
   local chain, deployment record under ``.run/settlement/``; funds and deposits for dev accounts.
 - ``xchg settle batch [--flush-idle S] [--idle-exit S]``: trades → settlement.batches.
-- ``xchg settle run [--idle-exit S]``: the submitter (one per operator key).
+- ``xchg settle run [--idle-exit S]``: the submitter (one per operator key). It rides out a
+  database outage (circuit with capped backoff, see ``Submitter.run``); where resuming is not safe
+  (the sender was taken over meanwhile) it exits with a one-line error and code 1.
 - ``xchg settle status``: batches and their states.  ``xchg settle reconcile``: exit 1 on mismatch.
 - ``xchg settle resume MARKET``: lift a halt after a FAILED batch and re-queue it.
 - ``xchg bench settlement``: gas per trade at 1000 trades per batch (one JSON line).
@@ -12,12 +14,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from streams.cli.bench import app as bench_app
-from streams.cli.errors import guarded
+from streams.cli.errors import fail, guarded
 
 if TYPE_CHECKING:  # settlement modules load web3, which a CLI start must not pay for
     from connectors.settlement.chain import Deployment
@@ -36,6 +40,23 @@ def _context() -> tuple[Settings, dict[str, Asset], dict[str, MarketUnits]]:
     assets = load_assets(settings.settlement_assets_file)
     units = check_markets(MarketRegistry.load(settings.markets_file), assets)
     return settings, assets, units
+
+
+@contextmanager
+def _client_errors() -> Iterator[None]:
+    """A Kafka client that cannot go on (``ClientFatal``) or a database unreachable at start-up:
+    one line and exit code 1 (a supervisor restarts the process), never a traceback."""
+    import psycopg
+
+    from streams.runtime.clients import ClientFatal
+
+    try:
+        yield
+    except ClientFatal as error:
+        raise fail(f"kafka client cannot go on: {error}") from None
+    except psycopg.OperationalError as error:
+        lines = str(error).strip().splitlines()
+        raise fail(f"database unreachable: {lines[0] if lines else type(error).__name__}") from None
 
 
 def _deployment(settings: Settings) -> Deployment:
@@ -75,7 +96,8 @@ def batch(
 
     settings, _, units = _context()
     run = BatcherRun(group=group, transactional_id=group, flush_idle_s=flush_idle, idle_exit_s=idle_exit)
-    emitted = BatchService(settings, _deployment(settings), units, run).run()
+    with _client_errors():
+        emitted = BatchService(settings, _deployment(settings), units, run).run()
     typer.echo(json.dumps({"batches": emitted}))
 
 
@@ -91,15 +113,16 @@ def run(
     from streams.observability import serve_metrics
 
     settings, _, _ = _context()
-    ensure_schema(settings)
-    serve_metrics(settings.metrics_port)
-    submitter = Submitter(settings, _deployment(settings)).acquire()
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    try:
-        submitter.run(stop=lambda: bool(stopping), idle_exit_s=idle_exit)
-    finally:
-        submitter.close()
+    with _client_errors():
+        ensure_schema(settings)
+        serve_metrics(settings.metrics_port)
+        submitter = Submitter(settings, _deployment(settings)).acquire()
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+        try:
+            submitter.run(stop=lambda: bool(stopping), idle_exit_s=idle_exit)
+        finally:
+            submitter.close()
     typer.echo(json.dumps(submitter.counters))
 
 

@@ -22,6 +22,7 @@ from streams.runtime.clients import make_producer
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec
 from streams.serde.topics import TRADES
+from streams.services.postgres import PostgresCluster
 from streams.settings import Settings, load_settings
 from tests.pipeline import fresh_namespace
 from tests.services import Endpoint
@@ -119,3 +120,34 @@ def stage(chain: Endpoint, postgres: Endpoint, kafka_bootstrap: str, unique: str
     ensure_schema(settings)
     deployment = deploy(settings, assets)
     yield Stage(settings, ns, deployment, assets, units, web3(chain.address), tmp_path)
+
+
+@dataclass
+class Outage:
+    """Stops and restarts the session's local PostgreSQL (the cluster other tests share too)."""
+
+    cluster: PostgresCluster
+
+    def stop(self) -> None:
+        # Immediate mode: every session is cut at once, as in a crash (the sink's outage test does the same).
+        assert self.cluster.down(mode="immediate"), "PostgreSQL was not running"
+
+    def start(self) -> None:
+        self.cluster.up()
+
+    def running(self) -> bool:
+        return self.cluster.running()
+
+
+@pytest.fixture
+def pg_outage(postgres: Endpoint) -> Iterator[Outage]:
+    """PostgreSQL outages for a test; the cluster is always running again afterwards, whatever
+    the test did, because everyone else uses it."""
+    if postgres.mode != "local":
+        pytest.skip("stopping PostgreSQL needs the project's local cluster")
+    outage = Outage(PostgresCluster(load_settings()))
+    try:
+        yield outage
+    finally:
+        if not outage.running():
+            outage.start()

@@ -193,3 +193,79 @@ def try_scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> Any:
         return scalar(dsn, query, params)
     except psycopg.OperationalError:
         return None
+
+
+# -- helpers of the stream-identity and rebuild-safety tests -----------------------------------------
+
+
+def random_events(rng: random.Random, markets: list[str], per_market: int, start_ms: int,
+                  max_step_ms: int = 60_000) -> list[dict[str, Any]]:
+    """``orders.events`` records (OrderCancelled bodies) with gap-free per-market seq from 1 and
+    non-decreasing times."""
+    out: list[dict[str, Any]] = []
+    for market in markets:
+        ts = start_ms + rng.randint(0, 59_999)
+        for seq in range(1, per_market + 1):
+            ts += rng.choice((0, rng.randint(0, max_step_ms)))
+            out.append({
+                "market": market, "seq": seq, "ts": ts, "command_id": f"c{seq}-{rng.randint(0, 10**9)}",
+                "input_partition": 0, "input_offset": seq,
+                "body": ("xchg.v1.OrderCancelled", {"order_id": f"o{seq}", "account": f"acct{rng.randint(0, 9)}",
+                                                    "qty": rng.randint(1, 10_000), "reason": "user"}),
+            })
+    return out
+
+
+def book_deltas(rng: random.Random, markets: list[str], per_market: int, start_ms: int,
+                step_ms: int = 20_000) -> list[dict[str, Any]]:
+    """``md.book`` records as the engine publishes them: a full snapshot first, then chained deltas."""
+    out: list[dict[str, Any]] = []
+    for market in markets:
+        ts, prev = start_ms, 0
+        for i in range(per_market):
+            ts += rng.randint(0, step_ms)
+            book_seq = prev + rng.randint(1, 5)
+            changes = [{"side": rng.choice(("buy", "sell")), "price": rng.randint(90, 110) * 100,
+                        "qty": rng.choice((0, rng.randint(1, 1000)))} for _ in range(rng.randint(1, 4))]
+            unique_changes = list({(c["side"], c["price"]): c for c in changes}.values())
+            out.append({"market": market, "book_seq": book_seq, "prev_book_seq": prev, "snapshot": i == 0,
+                        "seq": book_seq, "ts": ts, "input_partition": 0, "input_offset": i,
+                        "changes": unique_changes})
+            prev = book_seq
+    return out
+
+
+def produce_at(bootstrap: str, ns: Namespace, logical: str, records: list[dict[str, Any]],
+               timestamp: str = "ts") -> None:
+    """``produce``, with each record's Kafka timestamp (CreateTime) set to its event time field."""
+    codec = Codec()
+    producer = Producer(producer_config(bootstrap))
+    for i, record in enumerate(records):
+        producer.produce(ns(logical), key=record["market"].encode(), value=codec.encode(logical, record),
+                         timestamp=record[timestamp])
+        if i % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def run_xchg(argv: list[str], bootstrap: str, ns: Namespace, db: Database, env: dict[str, str] | None = None,
+             timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """One ``xchg`` command to completion in ``ns`` and ``db``."""
+    full_env = {**os.environ, "EXCHANGE_KAFKA_BOOTSTRAP": bootstrap, "EXCHANGE_TOPIC_PREFIX": ns.prefix,
+                "EXCHANGE_DATABASE_URL": db.writer, **(env or {})}
+    return subprocess.run([*XCHG, *argv], env=full_env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The one ``error: ...`` line a failed command printed (and no traceback)."""
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output[-3000:]
+    return errors[0]
+
+
+def rows(dsn: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, connect_timeout=3) as conn:
+        return conn.execute(query, params).fetchall()

@@ -77,6 +77,7 @@ def test_database_outage_mid_ingestion(kafka_bootstrap: str, database: Database,
             assert not thread.is_alive() and produced[0] == len(trades)
             assert sink.alive(), sink.log()[-2000:]
         finally:
+            log_while_down = sink.log()
             cluster.up()
         back = time.monotonic()
         total = len(trades)
@@ -93,6 +94,8 @@ def test_database_outage_mid_ingestion(kafka_bootstrap: str, database: Database,
     assert catch_up < 30
     log = sink.log()
     assert "database circuit open" in log and "database circuit closed" in log
+    # The circuit closes only on an answer from the database, never while it is down.
+    assert "database circuit open" in log_while_down and "database circuit closed" not in log_while_down
     with psycopg.connect(database.writer) as conn:
         rows = conn.execute("select market, trade_id from trades").fetchall()
         anomalies = conn.execute("select count(*) from sink_anomalies").fetchone()
