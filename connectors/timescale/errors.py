@@ -28,3 +28,8 @@ class RecordConflict(SinkError):
 
 class RebuildError(SinkError):
     """``xchg db rebuild`` refused to start or could not read what it must compare."""
+
+
+class SinkStopping(SinkError):
+    """A stop signal arrived while the sink was retrying a database outage: it stops at once
+    instead of waiting for the database (what it had not committed is read again after a restart)."""

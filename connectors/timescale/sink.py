@@ -80,7 +80,7 @@ from psycopg.types.json import Jsonb
 
 from connectors.timescale import binding
 from connectors.timescale.circuit import CLOSED, HALF_OPEN, OPEN, Circuit, Transition
-from connectors.timescale.errors import RecordConflict, SinkError, StreamMismatch
+from connectors.timescale.errors import RecordConflict, SinkError, SinkStopping, StreamMismatch
 from connectors.timescale.lease import SinkLease
 from connectors.timescale.records import (
     DIGEST_SIZE,
@@ -104,6 +104,23 @@ from streams.serde.topics import DLQ_SINK, MD_BOOK, MD_CANDLES, ORDERS_EVENTS, T
 
 INPUT_TOPICS = (TRADES, ORDERS_EVENTS, MD_CANDLES, MD_BOOK)
 TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
+# SQLSTATE classes of a value the database refuses whatever the retry: 22 data exception, 23
+# integrity constraint, 54 program limit exceeded (e.g. an index row too large). Class 54 is a
+# psycopg OperationalError, which otherwise reads as an outage: such a row was retried for ever.
+# Data failures go to the dead letters row by row; only the rest of TRANSIENT is an outage.
+DATA_SQLSTATE_CLASSES = ("22", "23", "54")
+DATA_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+
+
+def is_data_error(error: BaseException) -> bool:
+    """True for an error about a value, which no retry cures (``DATA_SQLSTATE_CLASSES``)."""
+    return isinstance(error, psycopg.Error) and (error.sqlstate or "")[:2] in DATA_SQLSTATE_CLASSES
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for a connection or server failure that a retry after a pause may cure."""
+    return isinstance(error, TRANSIENT) and not is_data_error(error)
+
 CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN = CLOSED, OPEN, HALF_OPEN
 
 TRADE_COLUMNS = ("market", "trade_id", "ts", "seq", "price", "qty", "maker_order_id", "maker_account",
@@ -341,10 +358,12 @@ class TimescaleSink:
     def _with_db(self, what: str, action: Any, slot: str = "read") -> Any:
         """Run ``action(conn)`` with retries on connection failures; tracks the circuit state."""
         round_trip = False
-        for attempt in stamina.retry_context(on=TRANSIENT, attempts=None, timeout=None, wait_initial=0.1,
+        for attempt in stamina.retry_context(on=is_transient, attempts=None, timeout=None, wait_initial=0.1,
                                              wait_max=self.config.retry_wait_max_s, wait_jitter=0.1):
             with attempt:
                 if attempt.num > 1:
+                    if self.stopping:  # a stop during an outage: give up the retries (at most ~2 s away)
+                        raise SinkStopping(f"stopped while retrying {what} during a database outage")
                     self._transition(self.circuit.retrying(), what)
                 try:
                     conn = self._connect(slot)
@@ -355,6 +374,8 @@ class TimescaleSink:
                         conn.execute("select 1")
                     result = action(conn)
                 except TRANSIENT as error:
+                    if not is_transient(error):
+                        raise
                     self.stats.db_failures += 1
                     self._disconnect(slot)
                     self._transition(self.circuit.failure(), what,
@@ -427,7 +448,7 @@ class TimescaleSink:
                     conn.execute("select ensure_daily_partitions(%s, %s, 9)", (table, today - timedelta(days=1)))
                     conn.execute("select drop_partitions_before(%s, %s)", (table, cutoff))
             except psycopg.errors.DatabaseError as error:
-                if isinstance(error, TRANSIENT):
+                if is_transient(error):
                     raise
                 self.log.warning("partition maintenance failed", table=table, error=str(error).strip())
 
@@ -651,8 +672,8 @@ class TimescaleSink:
                         "one candle; the sink stops without writing its batch (`xchg db rebuild --yes` rebuilds the "
                         "database from the topics)")
                 return written
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
-            if isinstance(error, TRANSIENT):
+        except DATA_ERRORS as error:
+            if is_transient(error):
                 raise
             self.log.warning("database rejected a batch: retrying row by row", table="candles",
                              error=str(error).strip())
@@ -690,8 +711,8 @@ class TimescaleSink:
                     written += conn.execute(stmt, row).rowcount
             except psycopg.errors.UniqueViolation as error:
                 raise _collision(table, error) from None
-            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
-                if isinstance(error, TRANSIENT) or message is None:
+            except DATA_ERRORS as error:
+                if is_transient(error) or message is None:
                     raise
                 rejected.append(_Rejected(message, f"db_rejected:{type(error).__name__}",
                                           (error.diag.message_primary or str(error)).strip()))
@@ -722,8 +743,8 @@ class TimescaleSink:
                     with conn.transaction():
                         self._copy(conn, journal.table, journal.write_columns, journal.write_types, rows)
                     written = len(rows)
-                except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
-                    if isinstance(error, TRANSIENT):
+                except DATA_ERRORS as error:
+                    if is_transient(error):
                         raise
                     # Keys already stored (another writer of the same stream), or a value the
                     # database rejects: every row goes through the comparison, one by one.
@@ -772,8 +793,8 @@ class TimescaleSink:
             return len(values)
         except psycopg.errors.UniqueViolation as error:
             raise _collision(journal.table, error) from None
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
-            if isinstance(error, TRANSIENT):
+        except DATA_ERRORS as error:
+            if is_transient(error):
                 raise
         return self._insert_one_by_one(conn, journal.table, journal.write_columns, journal.write_types, values,
                                        [c.source for c in rows], rejected)
@@ -920,6 +941,14 @@ class TimescaleSink:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._stop_signal)
         try:
+            self._run_steps(on_batch)
+        except SinkStopping as stop:
+            # Nothing is lost: the offsets are stored with the rows, and a restart resumes there.
+            self.log.warning("stopped before the database came back; a restart resumes from it", detail=str(stop))
+        return self.stats
+
+    def _run_steps(self, on_batch: Callable[[int], Any] | None) -> None:
+        try:
             self.start()
             started = last_input = time.monotonic()
             last_report = started
@@ -943,7 +972,6 @@ class TimescaleSink:
                     break
         finally:
             self.close()
-        return self.stats
 
     def _stop_signal(self, signum: int, frame: object) -> None:
         self.log.info("stopping", signal=signal.Signals(signum).name)
