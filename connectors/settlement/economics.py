@@ -96,9 +96,28 @@ def market_units(market: MarketConfig, assets: dict[str, Asset]) -> MarketUnits:
                        10 ** (quote.decimals - market.price_decimals - market.qty_decimals))
 
 
-def check_markets(registry: MarketRegistry, assets: dict[str, Asset]) -> dict[str, MarketUnits]:
-    """Start-up check: every market converts exactly; returns the per-market scales."""
-    return {m.symbol: market_units(m, assets) for m in registry}
+# Trades a batch holds at the most (the batcher's default close; larger batches are refused).
+MAX_BATCH_TRADES = 1000
+# BalanceDelta.amount is a decimal(38, 0); the contract's balances are int256 (far larger).
+MAX_TOKEN_AMOUNT = 10**38 - 1
+
+
+def check_markets(registry: MarketRegistry, assets: dict[str, Asset],
+                  batch_trades: int = MAX_BATCH_TRADES) -> dict[str, MarketUnits]:
+    """Start-up check: every market converts exactly, and no balance delta of a batch can leave
+    its type: a trade moves at most ``max_qty`` base units and ``max_notional`` quote units (the
+    engine refuses larger orders, and a trade is at most its maker's notional), so one account's
+    delta in a batch of ``batch_trades`` trades is at most that many times the largest amount.
+    Returns the per-market scales; raises ``SettlementError`` naming the market otherwise."""
+    units = {m.symbol: market_units(m, assets) for m in registry}
+    for market in registry:
+        spec, scale = market.spec(), units[market.symbol]
+        largest = max(scale.base_amount(spec.max_qty or 0), (spec.max_notional or 0) * scale.quote_scale)
+        if batch_trades * largest > MAX_TOKEN_AMOUNT:
+            raise SettlementError(
+                f"{market.symbol}: a batch of {batch_trades} trades could move {batch_trades * largest} token "
+                f"units for one account, beyond decimal(38,0): lower max_qty / max_notional in the markets file")
+    return units
 
 
 def taker_fee(notional: int, fee_bps: int) -> int:

@@ -38,7 +38,7 @@ def _context() -> tuple[Settings, dict[str, Asset], dict[str, MarketUnits]]:
 
     settings = load_settings()
     assets = load_assets(settings.settlement_assets_file)
-    units = check_markets(MarketRegistry.load(settings.markets_file), assets)
+    units = check_markets(MarketRegistry.load(settings.markets_file), assets, settings.settlement_batch_trades)
     return settings, assets, units
 
 
