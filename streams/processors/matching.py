@@ -353,6 +353,9 @@ class MatchingProcessor:
                 staged.append((partition, owned, self._stage(partition, owned, batch)))
             except KafkaException as exc:
                 self._fail(partition, owned, exc, starts[partition])
+            except OutputRefused:
+                self._release(partition)  # its state is past what it committed: no final snapshot of it
+                raise
         staged_at = time.monotonic()
         group = self.consumer.consumer_group_metadata()
         jobs = [(owned, TopicPartition(self.input_topic, partition, owned.state.next_offset), group)
@@ -400,6 +403,7 @@ class MatchingProcessor:
         if error.code() in _REFUSED or count >= MAX_SAME_FAILURES:
             with contextlib.suppress(KafkaException):
                 owned.producer.abort_transaction(self.config.commit_timeout_s)
+            self._release(partition)  # its state is past what it committed: no final snapshot of it
             raise OutputRefused(
                 f"partition {partition}: the transaction of the commands from offset {start} failed "
                 f"{count} time(s) with {error.name()} ({error.str()}); a retry would fail the same way")
