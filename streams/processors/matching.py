@@ -77,8 +77,6 @@ _REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_
                       KafkaError.INVALID_RECORD})
 
 
-
-
 @dataclass(frozen=True)
 class MatchingConfig:
     bootstrap: str
