@@ -33,4 +33,5 @@ def run(
     )
     serve_metrics(settings.metrics_port)
     stats = run_worker(config)
-    get_logger("marketdata").info("marketdata stopped", trades=stats.trades, published=stats.published)
+    get_logger("marketdata").info("marketdata stopped", trades=stats.trades, published=stats.published,
+                                  dead_lettered=stats.dead)

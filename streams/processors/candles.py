@@ -2,35 +2,42 @@
 
 State is one JSON-able dict per market (the faust table value, see ``streams.processors.marketdata``):
 
-``{"last": <last trade_id folded>, "ts": <its time>, "open": {interval: candle}, "closed": {interval: [...]}}``
+``{"last": <last trade_id folded>, "ts": <its time>, "open": {interval: candle}}`` (states written
+before this layout may also hold a ``closed`` key, which is ignored)
 
 - Event time is the trade time (``ts``, ms since the epoch, UTC); a trade belongs to the window
   ``[ts - ts % length, +length)`` of each interval.
 - A candle is *final* when the first trade of a later window of the same market and interval
   arrives: the closed candle is emitted again with ``final = True``, then the new window's candle.
 - Trades with ``trade_id <= last`` were already folded (an at-least-once replay after a restart)
-  and change nothing. ``closed`` can keep the last ``KEEP_CLOSED`` closed candles per interval for
-  ``replay_candles`` (0: the processor orders its writes so that it never needs them).
+  and change nothing. No closed candle is kept: the processor publishes a candle before the
+  state that includes it reaches the changelog, so a restart never needs to publish one again.
 
 Candles are plain dicts in the shape of ``xchg.v1.Candle`` except ``quote_volume``, an ``int``
 here (JSON keeps big integers exact); ``to_record`` makes the Avro ``Decimal``.
+
+``overflow`` says, before a trade is folded, whether a candle it would change would leave its
+type (``volume`` a long, ``quote_volume`` a decimal(38, 0)); the market registry's bounds make
+that impossible for the engine's trades (docs/matching-rules.md), and the processor dead-letters
+such a trade (``skip``) rather than crash on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from streams.domain.market import DECIMAL38_MAX, LONG_MAX
+
 INTERVALS: dict[str, int] = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
-KEEP_CLOSED = 0  # the processor acknowledges candles before state (no replay history needed)
 
 Candle = dict[str, Any]
 State = dict[str, Any]
 
 
 def new_state() -> State:
-    return {"last": 0, "open": {}, "closed": {}}
+    return {"last": 0, "open": {}}
 
 
 def _start(trade: Mapping[str, Any], interval: str, length: int) -> Candle:
@@ -58,12 +65,7 @@ def fold(state: State, trade: Mapping[str, Any]) -> list[Candle]:
         current = state["open"].get(interval)
         window = ts - ts % length
         if current is not None and window > current["window_start"]:
-            closed = dict(current, final=True)
-            out.append(closed)
-            if KEEP_CLOSED:
-                history = state["closed"].setdefault(interval, [])
-                history.append(closed)
-                del history[:-KEEP_CLOSED]
+            out.append(dict(current, final=True))
             current = None
         if current is None:
             current = _start(trade, interval, length)
@@ -82,31 +84,26 @@ def fold(state: State, trade: Mapping[str, Any]) -> list[Candle]:
     return out
 
 
-def replay_candles(state: State, from_trade_id: int) -> list[Candle]:
-    """The candle updates that trades ``>= from_trade_id`` produced, as far as the state still knows:
-    the closed candles they closed (kept ones) and every open candle."""
-    out: list[Candle] = []
-    for interval in INTERVALS:
-        out.extend(dict(c) for c in state["closed"].get(interval, []) if c["last_trade_id"] >= from_trade_id - 1)
+def overflow(state: State, trade: Mapping[str, Any]) -> str | None:
+    """The candle field that folding ``trade`` would take beyond its type, or None (pure)."""
+    ts, price, qty = trade["ts"], trade["price"], trade["qty"]
+    for interval, length in INTERVALS.items():
         current = state["open"].get(interval)
-        if current is not None:
-            out.append(dict(current))
-    return out
+        same = current is not None and ts - ts % length <= current["window_start"]
+        volume = (current["volume"] if same else 0) + qty
+        quote = (current["quote_volume"] if same else 0) + price * qty
+        if not 0 <= volume <= LONG_MAX:
+            return f"{interval} volume {volume} beyond a long"
+        if not 0 <= quote <= DECIMAL38_MAX:
+            return f"{interval} quote_volume {quote} beyond decimal(38,0)"
+    return None
+
+
+def skip(state: State, trade: Mapping[str, Any]) -> None:
+    """Mark ``trade`` as folded without counting it (it went to the dead letters instead)."""
+    state["last"] = max(state["last"], trade["trade_id"])
 
 
 def to_record(candle: Mapping[str, Any]) -> dict[str, Any]:
     """An ``xchg.v1.Candle`` value for the codec (``quote_volume`` as a Decimal)."""
     return {**candle, "quote_volume": Decimal(int(candle["quote_volume"]))}
-
-
-def reference_candles(trades: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, int], Candle]:
-    """Candles computed directly from a trade list (the test oracle): key (market, interval, start).
-
-    Every window but the last of a (market, interval) is final."""
-    states: dict[str, State] = {}
-    result: dict[tuple[str, str, int], Candle] = {}
-    for trade in sorted(trades, key=lambda t: (t["market"], t["trade_id"])):
-        state = states.setdefault(trade["market"], new_state())
-        for candle in fold(state, trade):
-            result[(candle["market"], candle["interval"], candle["window_start"])] = candle
-    return result

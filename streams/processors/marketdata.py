@@ -26,6 +26,13 @@ Design (see design.md §1: derived data is computed once, here, and everything e
   ``trade_id <= last`` are skipped (no double counting; their candles are already published), the
   rest are folded again from the recovered state and re-published (the same candles: a repeat,
   which consumers upsert by (market, interval, window_start)). Nothing is lost or counted twice.
+- Failures are classified. A trade that would take a candle beyond its type (``candles.overflow``;
+  the market registry's bounds make it impossible for the engine's trades) is data: it goes to
+  ``dlq.marketdata`` with the reason and the market's other trades go on. Anything else that fails
+  on a record is a fault of this code: the process exits at once with ``EXIT_AGENT_CRASHED`` so
+  that a process manager restarts it (faust alone would keep a process without its agent).
+- Transaction markers take an offset each; a gap of one between consecutive records is a marker,
+  not a lost record, and does not send the worker back to the topic.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable
@@ -45,13 +53,15 @@ from typing import Any
 import faust
 
 from streams.observability import get_logger
-from streams.processors.candles import fold, new_state, to_record
+from streams.processors.candles import fold, new_state, overflow, skip, to_record
+from streams.runtime.crashpoints import fault_point
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec, DecodeError
-from streams.serde.topics import MD_CANDLES, TRADES
+from streams.serde.topics import DLQ_MARKETDATA, MD_CANDLES, TRADES
 
 FLUSH_UPDATES = 1000  # candle updates between changelog flushes (at most; see the module doc)
 FLUSH_S = 0.05  # and at most this long
+EXIT_AGENT_CRASHED = 70  # EX_SOFTWARE: the worker's own code failed on a record
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class Stats:
     skipped: int = 0
     published: int = 0
     undecodable: int = 0
+    dead: int = 0  # trades dead-lettered: a candle would have overflowed
     gaps: int = 0
     refetched: int = 0
     last_event: float = 0.0
@@ -134,6 +145,8 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                        key_serializer="raw", value_serializer="raw", partitions=config.partitions)
     candles = app.topic(config.namespace(MD_CANDLES), key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=config.partitions)
+    dead_letters = app.topic(config.namespace(DLQ_MARKETDATA), key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw")
     table = app.Table("candles", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
     changelog = table.changelog_topic
     recovery = app.tables.recovery  # type: ignore[attr-defined]
@@ -179,6 +192,10 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
                 await changelog.send(key=progress_key, value=table.data[progress_key], partition=partition)
 
     progress: dict[int, int] = {}  # partition -> next input offset folded (also in the table)
+    # Counts forget() calls: a record whose folding spanned one (a revocation while it awaited a
+    # send) must not write its position back, or the next record of a re-assigned partition
+    # would skip the position check.
+    forgotten = [0]
 
     async def forget() -> None:
         """Drop what is folded but not flushed, and the in-memory states and positions: the
@@ -188,15 +205,17 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
             for pending in (live, dirty, dirty_progress, progress):
                 pending.clear()
             unacked.clear()
+            forgotten[0] += 1
 
     @app.on_partitions_revoked.connect
     async def on_revoked(*_: Any, **__: Any) -> None:
         # Partitions may move: never flush state for one this worker no longer owns.
         await forget()
 
-    async def apply(trade: dict[str, Any], partition: int) -> None:
+    async def apply(trade: dict[str, Any], partition: int, source: str) -> None:
         """Fold one trade into its market's live state and publish its candle updates (the state
-        reaches the changelog with the next flush)."""
+        reaches the changelog with the next flush). A trade that would overflow a candle goes to
+        the dead letters with the reason instead (data, not a fault: processing goes on)."""
         market = trade["market"]
         key = market.encode()
         state = live.get(key)
@@ -208,6 +227,19 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
             stats.gaps += 1
             log.error("trade ids skip in the input", market=market, expected=state["last"] + 1,
                       got=trade["trade_id"])
+        fault_point("candle-fold")
+        problem = overflow(state, trade) if trade["trade_id"] > state["last"] else None
+        if problem is not None:
+            stats.dead += 1
+            log.error("trade dead-lettered: a candle would overflow", market=market, trade_id=trade["trade_id"],
+                      reason=problem)
+            unacked.append(await dead_letters.send(key=key, value=codec.encode(TRADES, trade), headers={
+                "xchg.error.reason": b"candle_overflow", "xchg.error.detail": problem.encode(),
+                "xchg.source": source.encode()}))
+            skip(state, trade)
+            if live.get(key) is state:
+                dirty[key] = partition
+            return
         updates = fold(state, trade)
         if not updates:
             stats.skipped += 1  # already folded before a restart; its candles were published then
@@ -220,46 +252,76 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
             dirty[key] = partition
         stats.trades += 1
 
+    async def handle(event: Any) -> None:
+        """Fold one input record (and any records before it that were not folded yet)."""
+        stats.last_event = time.monotonic()
+        if not stats.first_trade:
+            stats.first_trade = stats.last_event
+        if not recovery.completed.is_set():
+            # Never read the table before faust has restored it from the changelog.
+            await recovery.completed.wait()
+            await forget()
+        topic, partition, offset = event.message.topic, event.message.partition, event.message.offset
+        progress_key = f"__progress__:{partition}".encode()
+        generation = forgotten[0]
+        known = progress.get(partition)
+        if known is None:
+            # The first record of this partition since the table was restored or the partition
+            # assigned. No recorded position: nothing was flushed, so everything before this
+            # record (from the start of the log) may be unfolded.
+            stored = table.get(progress_key)
+            expected = int(stored) if stored else 0
+        else:
+            expected = known
+        # Records between the position and this one have not been folded: offsets committed
+        # before a flush and then a crash, or a seek after a rebalance (faust may deliver a few
+        # records fetched before it and then move on). Fold them from the topic first. One offset
+        # past a record is the marker of the transaction that record ended (one transactional
+        # producer writes each trades partition), not a lost record: only the first record after
+        # a restore, whose position may be that of a record, checks every gap. A gap of more than
+        # one is an aborted transaction (read_committed finds nothing in it) or records moved past.
+        if offset - expected > (0 if known is None else 1):
+            skipped = read_trades(config, codec, topic, partition, expected, offset)
+            stats.refetched += len(skipped)
+            log.info("folding records past the flushed position from the topic", partition=partition,
+                     expected=expected, got=offset, records=len(skipped))
+            for earlier in skipped:
+                await apply(earlier, partition, f"{topic}/{partition}")
+        try:
+            trade = codec.decode(TRADES, event.value)
+        except DecodeError as error:
+            stats.undecodable += 1
+            log.warning("undecodable trade skipped", reason=error.reason, offset=offset)
+        else:
+            await apply(trade, partition, f"{topic}/{partition}/{offset}")
+        if forgotten[0] == generation and (known is None or offset + 1 > known):
+            progress[partition] = offset + 1
+            dirty_progress[partition] = offset + 1
+        if len(unacked) >= FLUSH_UPDATES or time.monotonic() - flushed_at[0] >= FLUSH_S:
+            await flush()
+
     @app.agent(trades)
     async def process(stream: faust.StreamT[bytes]) -> None:
+        # The iteration itself stays faust's (its errors during rebalances are its own to
+        # handle); a failure of this worker's code on a record ends the process at once.
         async for event in stream.events():
-            stats.last_event = time.monotonic()
-            if not stats.first_trade:
-                stats.first_trade = stats.last_event
-            if not recovery.completed.is_set():
-                # Never read the table before faust has restored it from the changelog.
-                await recovery.completed.wait()
-                await forget()
-            topic, partition, offset = event.message.topic, event.message.partition, event.message.offset
-            progress_key = f"__progress__:{partition}".encode()
-            expected = progress.get(partition)
-            if expected is None:
-                stored = table.get(progress_key)
-                # No recorded position: nothing of this partition was flushed, so everything
-                # before this record (from the start of the log) may be unfolded.
-                expected = int(stored) if stored else 0
-            if offset > expected:
-                # The input position is past records whose folding never reached the changelog
-                # (offsets committed before a flush, then a crash or a rebalance): fold them
-                # from the topic first.
-                skipped = read_trades(config, codec, topic, partition, expected, offset)
-                stats.refetched += len(skipped)
-                log.info("folding records past the flushed position from the topic", partition=partition,
-                         expected=expected, got=offset, records=len(skipped))
-                for earlier in skipped:
-                    await apply(earlier, partition)
             try:
-                trade = codec.decode(TRADES, event.value)
-            except DecodeError as error:
-                stats.undecodable += 1
-                log.warning("undecodable trade skipped", reason=error.reason, offset=offset)
-            else:
-                await apply(trade, partition)
-            if expected is None or offset + 1 > expected:
-                progress[partition] = offset + 1
-                dirty_progress[partition] = offset + 1
-            if len(unacked) >= FLUSH_UPDATES or time.monotonic() - flushed_at[0] >= FLUSH_S:
-                await flush()
+                await handle(event)
+            except Exception as error:
+                crash(event, error)
+
+    def crash(event: Any, error: Exception) -> None:
+        """End the worker now, non-zero. faust would otherwise keep the process alive without its
+        agent: no candles for any market while it looks healthy, and nothing restarts it. The
+        exit is immediate, like a SIGKILL, which recovery is built for: a graceful stop could
+        flush a state that the failed record half changed, putting the changelog ahead of the
+        published candles."""
+        message = event.message
+        log.error("candle agent crashed; stopping the worker", error=f"{type(error).__name__}: {error}",
+                  topic=message.topic, partition=message.partition, offset=message.offset)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_AGENT_CRASHED)
 
     @app.timer(interval=FLUSH_S)  # type: ignore[untyped-decorator]
     async def flush_when_quiet() -> None:

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Final
 
 __all__ = [
+    "DLQ_MARKETDATA",
     "DLQ_ORDERS_COMMANDS",
     "DLQ_SINK",
     "ENGINE_HASHES",
@@ -43,6 +44,7 @@ SETTLEMENT_BATCHES: Final = "settlement.batches"
 SETTLEMENT_STATUS: Final = "settlement.status"
 DLQ_ORDERS_COMMANDS: Final = "dlq.orders.commands"
 DLQ_SINK: Final = "dlq.sink"
+DLQ_MARKETDATA: Final = "dlq.marketdata"
 
 
 class UnknownTopicError(KeyError):
@@ -73,6 +75,7 @@ _ROWS: Final = (
     Topic(SETTLEMENT_STATUS, "xchg.v1.SettlementStatus", "submitter state transitions per batch"),
     Topic(DLQ_ORDERS_COMMANDS, None, "undecodable orders.commands values, raw, reason in headers"),
     Topic(DLQ_SINK, None, "records the analytics sink could not decode or the database rejected, raw, reason in headers"),
+    Topic(DLQ_MARKETDATA, None, "trades the candle processor could not fold (a candle would overflow), raw, reason in headers"),
 )
 
 TOPICS: Final = MappingProxyType({row.name: row for row in _ROWS})

@@ -1,10 +1,10 @@
 """The hostile records that once stopped a component, replayed through the real pipeline beside a
-normal order flow: the engine, the sink, the candle worker and the settlement batcher all run to
-completion; each hostile command is refused with its code or reason; the other markets' trades
-reach the database, the candles and the settlement batches.
+normal order flow: the engine, the sink, the candle worker, the settlement batcher and the
+submitter all run to completion; each hostile command is refused with its code or reason; the
+other markets' trades reach the database, the candles, the settlement batches and the chain.
 
 (One unfunded account reverting a market's settlement batch is the funds check's to prevent, before
-matching; it is not replayed here.)"""
+matching; it is not replayed here: the accounts that traded are funded before submission.)"""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from connectors.settlement.batch_service import BatcherRun, BatchService, read_batches
+from connectors.settlement.chain import fund_accounts
+from connectors.settlement.submitter import FINALIZED
 from streams.domain.commands import OrderType, Place, Side, STPMode, TimeInForce
 from streams.domain.events import OrderRejected, RejectCode
 from streams.loadgen import OrderFlow, produce_flow
@@ -22,7 +24,9 @@ from streams.runtime.records import command_to_record, event_from_record
 from streams.runtime.verify import check_outcomes
 from streams.serde.codec import Codec
 from streams.serde.topics import (
+    DLQ_MARKETDATA,
     DLQ_ORDERS_COMMANDS,
+    MD_CANDLES,
     ORDERS_COMMANDS,
     ORDERS_EVENTS,
     SETTLEMENT_BATCHES,
@@ -109,6 +113,14 @@ def test_hostile_records_stop_no_component(stage: Stage, unique: str, tmp_path: 
     log = tmp_path / "marketdata.log"
     worker = ServiceProcess(["marketdata", "run", "--idle-exit", "3"], bootstrap, ns, log).start()
     assert worker.wait(180) == 0, log.read_text()[-3000:]
+    assert read_topic(bootstrap, ns, DLQ_MARKETDATA, decode=False) == []
+    last_folded = {}
+    for candle in read_topic(bootstrap, ns, MD_CANDLES):
+        last_folded[candle["market"]] = max(last_folded.get(candle["market"], 0), candle["last_trade_id"])
+    last_trade = {}
+    for trade in trades:
+        last_trade[trade["market"]] = max(last_trade.get(trade["market"], 0), trade["trade_id"])
+    assert last_folded == last_trade
 
     # The batcher batches every market's trades and refuses nothing.
     emitted = BatchService(stage.settings, stage.deployment, stage.units,
@@ -117,3 +129,15 @@ def test_hostile_records_stop_no_component(stage: Stage, unique: str, tmp_path: 
     batches = read_batches(bootstrap, ns(SETTLEMENT_BATCHES), codec, stage.deployment.settlement)
     assert {b.market for b in batches} >= {"BTC-USD", "ETH-USD"}
     assert sum(b.trade_count for b in batches) == len(trades)
+
+    # The submitter settles every batch on the chain (the funds check is not there yet: the
+    # accounts that traded are funded first, see the module doc).
+    fund_accounts(stage.settings, stage.deployment,
+                  sorted({t[side] for t in trades for side in ("maker_account", "taker_account")}), stage.assets)
+    sub = stage.submitter(kafka=True).acquire()
+    try:
+        stage.drive(sub, lambda: len(sub.rows()) == len(batches) and sub.settled(), timeout=240)
+        states = {(r.market, r.batch_seq): r.state for r in sub.rows()}
+    finally:
+        sub.close()
+    assert set(states.values()) == {FINALIZED}, states

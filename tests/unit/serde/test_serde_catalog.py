@@ -157,6 +157,7 @@ def test_topic_table_names_existing_records(catalog: SchemaCatalog) -> None:
         "settlement.status",
         "dlq.orders.commands",
         "dlq.sink",
+        "dlq.marketdata",
     }
     assert TOPICS["dlq.orders.commands"].value_record is None
     records = {t.value_record for t in TOPICS.values()} - {None}
