@@ -30,14 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from streams.domain.commands import (
-    Amend,
-    Cancel,
-    CancelAll,
     Command,
     MarketState,
     OrderType,
-    Place,
-    SetState,
     Side,
     STPMode,
     TimeInForce,
@@ -45,6 +40,8 @@ from streams.domain.commands import (
 from streams.domain.events import Event, OrderRejected, Trade
 from streams.domain.market import MarketSpec, UnitError, decimals_of, from_units, to_units
 from streams.engine import Engine
+from streams.runtime.records import NS as RECORD_NAMESPACE
+from streams.runtime.records import IDENTIFIER_MAX_CHARS, RecordError, command_from_record
 
 PRICE_FIELDS = ("price",)
 QTY_FIELDS = ("qty",)
@@ -197,7 +194,10 @@ def _enum(kind: Any, value: Any, where: str) -> Any:
 
 
 def parse_command(raw: Any, units: Units, where: str) -> Command:
-    """One command in the scenario format (decimal strings) as an engine command."""
+    """One command in the scenario format (decimal strings, defaults for the optional fields) as
+    an engine command. The scenario is turned into the ``orders.commands`` record it stands for
+    and that record is read by the one command parser (``runtime.records.command_from_record``),
+    so a scenario is held to the contract the engine's input is (identifier bounds included)."""
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: a command must be a JSON object, got {raw!r}")
     kind = raw.get("cmd")
@@ -209,41 +209,39 @@ def parse_command(raw: Any, units: Units, where: str) -> Command:
     if isinstance(ts, bool) or not isinstance(ts, int):
         raise ScenarioError(f"{where}: ts must be an integer (milliseconds), got {ts!r}")
     cid = raw.get("command_id")
-    command_id = cid if isinstance(cid, str) else where
+    # Without an id of its own a command is named by where it was read (its tail, within bounds).
+    command_id = cid if isinstance(cid, str) else where[-IDENTIFIER_MAX_CHARS:]
+    body: dict[str, Any]
     if kind == "place":
         order_type = _enum(OrderType, raw.get("type", "limit"), where)
         is_limit = order_type is OrderType.LIMIT
-        price = units.price(_field(raw, "price", where), f"{where}: price") if is_limit else 0
-        tif_raw = raw.get("tif") or ("GTC" if is_limit else "IOC")
-        return Place(
-            command_id=command_id,
-            ts=ts,
-            order_id=_text(raw, "order_id", where),
-            account=_text(raw, "account", where),
-            side=_enum(Side, _field(raw, "side", where), where),
-            order_type=order_type,
-            price=price,
-            qty=units.qty(_field(raw, "qty", where), f"{where}: qty"),
-            tif=_enum(TimeInForce, tif_raw, where),
-            post_only=bool(raw.get("post_only", False)),
-            stp=_enum(STPMode, raw.get("stp") or "expire_maker", where),
-        )
-    if kind == "cancel":
-        return Cancel(command_id, ts, _text(raw, "order_id", where), _text(raw, "account", where))
-    if kind == "amend":
-        new_qty = raw.get("qty")
-        new_price = raw.get("price")
-        return Amend(
-            command_id,
-            ts,
-            _text(raw, "order_id", where),
-            _text(raw, "account", where),
-            qty=None if new_qty is None else units.qty(new_qty, f"{where}: qty"),
-            price=None if new_price is None else units.price(new_price, f"{where}: price"),
-        )
-    if kind == "cancel_all":
-        return CancelAll(command_id, ts, _text(raw, "account", where))
-    return SetState(command_id, ts, _enum(MarketState, _field(raw, "state", where), where))
+        name, body = "PlaceOrder", {
+            "order_id": _text(raw, "order_id", where), "account": _text(raw, "account", where),
+            "side": _enum(Side, _field(raw, "side", where), where).wire, "order_type": order_type.wire,
+            "price": units.price(_field(raw, "price", where), f"{where}: price") if is_limit else 0,
+            "qty": units.qty(_field(raw, "qty", where), f"{where}: qty"),
+            "tif": _enum(TimeInForce, raw.get("tif") or ("GTC" if is_limit else "IOC"), where).wire,
+            "post_only": bool(raw.get("post_only", False)),
+            "stp": _enum(STPMode, raw.get("stp") or "expire_maker", where).wire,
+        }
+    elif kind == "cancel":
+        name, body = "CancelOrder", {"order_id": _text(raw, "order_id", where), "account": _text(raw, "account", where)}
+    elif kind == "amend":
+        new_qty, new_price = raw.get("qty"), raw.get("price")
+        name, body = "AmendOrder", {
+            "order_id": _text(raw, "order_id", where), "account": _text(raw, "account", where),
+            "qty": None if new_qty is None else units.qty(new_qty, f"{where}: qty"),
+            "price": None if new_price is None else units.price(new_price, f"{where}: price"),
+        }
+    elif kind == "cancel_all":
+        name, body = "CancelAll", {"account": _text(raw, "account", where)}
+    else:
+        name, body = "SetMarketState", {"state": _enum(MarketState, _field(raw, "state", where), where).wire}
+    record = {"command_id": command_id, "market": "", "body": (RECORD_NAMESPACE + name, body)}
+    try:
+        return command_from_record(record, ts)[1]
+    except RecordError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

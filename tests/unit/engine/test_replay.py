@@ -34,8 +34,8 @@ def _invoke(*args: str) -> tuple[int, str, str]:
 def test_replay_writes_events_and_prints_hash(tmp_path: Path) -> None:
     spec, log = _write_inputs(tmp_path, "rule05-stp-mixed-sequence.json")
     out = tmp_path / "events.jsonl"
-    code, stdout, _ = _invoke("--market-spec", str(spec), "--input", str(log), "--output", str(out))
-    assert code == 0, stdout
+    code, stdout, stderr = _invoke("--market-spec", str(spec), "--input", str(log), "--output", str(out))
+    assert code == 0, stdout + stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
     scenario = load_scenario(SCENARIOS / "rule05-stp-mixed-sequence.json")
     engine, events = run_commands(scenario.spec, scenario.commands)
