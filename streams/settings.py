@@ -97,6 +97,31 @@ class Settings(BaseSettings):
     book_snapshot_interval_s: int = Field(default=60, gt=0)  # L2 snapshots every N seconds of event time
     retention_days: int = Field(default=90, gt=0)  # plain path: partitions older than this are dropped
 
+    # WebSocket market-data gateway (xchg ws serve): docs/websocket-protocol.md.
+    ws_host: str = "127.0.0.1"
+    ws_port: int = Field(default=18080, ge=1, le=65535)
+    ws_workers: int = Field(default=1, ge=1, le=64)
+    # HMAC key of the private-channel tokens; the default is for local development only.
+    ws_token_secret: SecretStr = SecretStr("xchg-ws-dev-secret")
+    ws_token_max_ttl_s: int = Field(default=86_400, gt=0)
+    ws_send_queue_bytes: int = Field(default=1 << 20, ge=4096)  # per connection, then close 4008
+    # SO_SNDBUF of each client socket (0: the kernel's autotuning, up to tcp_wmem's maximum): bounds
+    # what a stalled client holds in the kernel before its send queue fills and it is cut.
+    ws_socket_send_buffer: int = Field(default=0, ge=0)
+    ws_max_connections_per_ip: int = Field(default=2000, gt=0)  # per worker
+    ws_max_subscriptions: int = Field(default=50, gt=0)
+    ws_subscribe_rate: int = Field(default=20, gt=0)  # requests per second per connection
+    ws_max_message_bytes: int = Field(default=4096, ge=256)
+    ws_ping_interval_s: float = Field(default=10.0, gt=0)
+    ws_ping_timeout_s: float = Field(default=10.0, gt=0)
+    ws_heartbeat_ms: int = Field(default=1000, gt=0)
+    ws_tick_ms: int = Field(default=50, gt=0)  # one coalesced write per connection per tick
+    ws_recent_trades: int = Field(default=1000, gt=0)  # per market, for GET /v1/trades
+    ws_candle_history: int = Field(default=1440, gt=0)  # per market and interval
+    ws_lookback_s: int = Field(default=86_400, gt=0)  # trades and candles read back at start
+    ws_scan_chunk: int = Field(default=2000, gt=0)  # records per backward read at start
+    ws_status_scan_records: int = Field(default=1_000_000, gt=0)  # per orders.events partition
+
     # Prometheus endpoint of the process (0 = none).
     metrics_port: int = Field(default=0, ge=0, le=65535)
 

@@ -21,8 +21,10 @@ from streams.cli import (
     matching,
     settle,
     sink,
+    ticker,
     topics,
     verify,
+    ws,
 )
 
 app = typer.Typer(
@@ -41,6 +43,8 @@ app.add_typer(verify.app, name="verify")
 app.command("loadgen")(loadgen.loadgen)
 app.command("demo")(demo.demo)
 app.add_typer(marketdata.app, name="marketdata")
+app.add_typer(ticker.app, name="ticker")
 app.add_typer(sink.app, name="sink")
 app.add_typer(settle.app, name="settle")
 app.add_typer(bench.app, name="bench")
+app.add_typer(ws.app, name="ws")

@@ -40,8 +40,8 @@ from streams.domain.commands import (
 from streams.domain.events import Event, OrderRejected, Trade
 from streams.domain.market import MarketSpec, UnitError, decimals_of, from_units, to_units
 from streams.engine import Engine
-from streams.runtime.records import NS as RECORD_NAMESPACE
 from streams.runtime.records import IDENTIFIER_MAX_CHARS, RecordError, command_from_record
+from streams.runtime.records import NS as RECORD_NAMESPACE
 
 PRICE_FIELDS = ("price",)
 QTY_FIELDS = ("qty",)

@@ -32,7 +32,9 @@ Design (see design.md §1: derived data is computed once, here, and everything e
   on a record is a fault of this code: the process exits at once with ``EXIT_AGENT_CRASHED`` so
   that a process manager restarts it (faust alone would keep a process without its agent).
 - Transaction markers take an offset each; a gap of one between consecutive records is a marker,
-  not a lost record, and does not send the worker back to the topic.
+  not a lost record, and does not send the worker back to the topic unless the trade after it
+  shows its market lacks a trade (faust can skip records: ``faust_runtime``).
+- The worker reads committed trades only and takes every broker (``faust_runtime.CommittedApp``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ import faust
 
 from streams.observability import get_logger
 from streams.processors.candles import fold, new_state, overflow, skip, to_record
+from streams.processors.faust_runtime import (
+    EXIT_AGENT_CRASHED,
+    CommittedApp,
+    broker_urls,
+    read_committed_range,
+)
 from streams.runtime.crashpoints import fault_point
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec, DecodeError
@@ -61,7 +69,6 @@ from streams.serde.topics import DLQ_MARKETDATA, MD_CANDLES, TRADES
 
 FLUSH_UPDATES = 1000  # candle updates between changelog flushes (at most; see the module doc)
 FLUSH_S = 0.05  # and at most this long
-EXIT_AGENT_CRASHED = 70  # EX_SOFTWARE: the worker's own code failed on a record
 
 
 @dataclass(frozen=True)
@@ -98,20 +105,15 @@ class Stats:
 
 
 def read_trades(config: MarketDataConfig, codec: Codec, topic: str, partition: int, start: int,
-                end: int) -> list[dict[str, Any]]:
-    """The decodable trades at offsets ``start <= offset < end`` of one partition (committed ones)."""
-    from streams.runtime.reader import read_range, standalone_consumer
-
-    consumer = standalone_consumer(config.bootstrap)
-    found: list[dict[str, Any]] = []
-    try:
-        for message in read_range(consumer, topic, partition, start, end):
-            try:
-                found.append(codec.decode(TRADES, message.value()))
-            except DecodeError:
-                continue
-    finally:
-        consumer.close()
+                end: int) -> list[tuple[dict[str, Any], bytes]]:
+    """The decodable committed trades at offsets ``start <= offset < end`` of one partition, each
+    with its record value."""
+    found: list[tuple[dict[str, Any], bytes]] = []
+    for message in read_committed_range(config.bootstrap, topic, partition, start, end):
+        try:
+            found.append((codec.decode(TRADES, message.value()), message.value()))
+        except DecodeError:
+            continue
     return found
 
 
@@ -121,9 +123,9 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
     stats = Stats(started=time.monotonic(), last_event=time.monotonic())
     data_dir = (config.data_dir or Path(tempfile.gettempdir()) / "xchg-marketdata") / config.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = CommittedApp(
         config.app_id,
-        broker=f"kafka://{config.bootstrap.split(',')[0]}",
+        broker=broker_urls(config.bootstrap),
         store="memory://",
         topic_partitions=config.partitions,
         topic_replication_factor=1,
@@ -212,16 +214,22 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
         # Partitions may move: never flush state for one this worker no longer owns.
         await forget()
 
-    async def apply(trade: dict[str, Any], partition: int, source: str) -> None:
-        """Fold one trade into its market's live state and publish its candle updates (the state
-        reaches the changelog with the next flush). A trade that would overflow a candle goes to
-        the dead letters with the reason instead (data, not a fault: processing goes on)."""
-        market = trade["market"]
+    def state_of(market: str) -> dict[str, Any]:
+        """The market's live state (from the table the first time it is needed)."""
         key = market.encode()
         state = live.get(key)
         if state is None:
             stored = table.get(key)
             state = live[key] = new_state() if stored is None else json.loads(stored)
+        return state
+
+    async def apply(trade: dict[str, Any], value: bytes, partition: int, source: str) -> None:
+        """Fold one trade into its market's live state and publish its candle updates (the state
+        reaches the changelog with the next flush). A trade that would overflow a candle goes to
+        the dead letters with the reason instead (data, not a fault: processing goes on)."""
+        market = trade["market"]
+        key = market.encode()
+        state = state_of(market)
         if trade["trade_id"] > state["last"] + 1:
             # Trade ids are gap-free per market: the state lacks trades before this one.
             stats.gaps += 1
@@ -233,7 +241,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
             stats.dead += 1
             log.error("trade dead-lettered: a candle would overflow", market=market, trade_id=trade["trade_id"],
                       reason=problem)
-            unacked.append(await dead_letters.send(key=key, value=codec.encode(TRADES, trade), headers={
+            unacked.append(await dead_letters.send(key=key, value=value, headers={
                 "xchg.error.reason": b"candle_overflow", "xchg.error.detail": problem.encode(),
                 "xchg.source": source.encode()}))
             skip(state, trade)
@@ -273,27 +281,32 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
             expected = int(stored) if stored else 0
         else:
             expected = known
-        # Records between the position and this one have not been folded: offsets committed
-        # before a flush and then a crash, or a seek after a rebalance (faust may deliver a few
-        # records fetched before it and then move on). Fold them from the topic first. One offset
-        # past a record is the marker of the transaction that record ended (one transactional
-        # producer writes each trades partition), not a lost record: only the first record after
-        # a restore, whose position may be that of a record, checks every gap. A gap of more than
-        # one is an aborted transaction (read_committed finds nothing in it) or records moved past.
-        if offset - expected > (0 if known is None else 1):
-            skipped = read_trades(config, codec, topic, partition, expected, offset)
-            stats.refetched += len(skipped)
-            log.info("folding records past the flushed position from the topic", partition=partition,
-                     expected=expected, got=offset, records=len(skipped))
-            for earlier in skipped:
-                await apply(earlier, partition, f"{topic}/{partition}")
         try:
-            trade = codec.decode(TRADES, event.value)
+            trade: dict[str, Any] | None = codec.decode(TRADES, event.value)
         except DecodeError as error:
+            trade = None
             stats.undecodable += 1
             log.warning("undecodable trade skipped", reason=error.reason, offset=offset)
-        else:
-            await apply(trade, partition, f"{topic}/{partition}/{offset}")
+        # Records between the position and this one have not been folded: offsets committed
+        # before a flush and then a crash, or records faust skipped (see faust_runtime). Fold them
+        # from the topic first. One offset past a record is usually the marker of the transaction
+        # that record ended (one transactional producer writes each trades partition), not a lost
+        # record: only the first record after a restore, whose position may be that of a record,
+        # checks every gap, and later a gap of one is read again only when this trade's id shows
+        # that its market lacks a trade. A gap of more than one is an aborted transaction
+        # (read_committed finds nothing in it) or records moved past.
+        jumped = offset - expected > (0 if known is None else 1)
+        lacking = (trade is not None and offset > expected
+                   and trade["trade_id"] > state_of(trade["market"])["last"] + 1)
+        if jumped or lacking:
+            missed = read_trades(config, codec, topic, partition, expected, offset)
+            stats.refetched += len(missed)
+            log.info("folding records past the flushed position from the topic", partition=partition,
+                     expected=expected, got=offset, records=len(missed))
+            for earlier, value in missed:
+                await apply(earlier, value, partition, f"{topic}/{partition}")
+        if trade is not None:
+            await apply(trade, event.value, partition, f"{topic}/{partition}/{offset}")
         if forgotten[0] == generation and (known is None or offset + 1 > known):
             progress[partition] = offset + 1
             dirty_progress[partition] = offset + 1

@@ -22,6 +22,7 @@ __all__ = [
     "ENGINE_SNAPSHOTS",
     "MD_BOOK",
     "MD_CANDLES",
+    "MD_TICKER",
     "ORDERS_COMMANDS",
     "ORDERS_EVENTS",
     "SETTLEMENT_BATCHES",
@@ -38,6 +39,7 @@ ORDERS_EVENTS: Final = "orders.events"
 TRADES: Final = "trades"
 MD_BOOK: Final = "md.book"
 MD_CANDLES: Final = "md.candles"
+MD_TICKER: Final = "md.ticker"
 ENGINE_SNAPSHOTS: Final = "engine.snapshots"
 ENGINE_HASHES: Final = "engine.hashes"
 SETTLEMENT_BATCHES: Final = "settlement.batches"
@@ -69,6 +71,7 @@ _ROWS: Final = (
     Topic(TRADES, "xchg.v1.Trade", "one record per execution"),
     Topic(MD_BOOK, "xchg.v1.BookDelta", "aggregated price-level changes, gap-free book_seq"),
     Topic(MD_CANDLES, "xchg.v1.Candle", "OHLCV per market and interval"),
+    Topic(MD_TICKER, "xchg.v1.Ticker", "best bid/ask, last trade and 24 h statistics per market, compacted"),
     Topic(ENGINE_SNAPSHOTS, "xchg.v1.EngineSnapshot", "compacted engine state per input partition"),
     Topic(ENGINE_HASHES, "xchg.v1.StateHash", "periodic canonical state hashes"),
     Topic(SETTLEMENT_BATCHES, "xchg.v1.SettlementBatch", "deterministic trade batches with net deltas"),

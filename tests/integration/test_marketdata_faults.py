@@ -75,3 +75,26 @@ def test_transaction_markers_are_not_lost_records(kafka_bootstrap: str, unique: 
     assert "folding records past the flushed position" not in log.read_text()
     candles = read_topic(kafka_bootstrap, ns, MD_CANDLES)
     assert max(c["last_trade_id"] for c in candles) == 60
+
+
+def test_trades_of_an_aborted_transaction_are_not_counted(kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    ns = fresh_namespace(kafka_bootstrap, f"mda-{unique}")
+    codec = Codec()
+    producer = Producer(producer_config(kafka_bootstrap, f"mda-{uuid.uuid4().hex[:8]}"))
+    producer.init_transactions(30)
+    trades = random_trades(random.Random(5), ["AB-A"], 20, START)
+    aborted = [{**t, "qty": t["qty"] * 1000} for t in trades[10:]]  # an engine that crashed mid-transaction
+    for batch, commit in ((trades[:10], True), (aborted, False), (trades[10:], True)):
+        producer.begin_transaction()
+        for trade in batch:
+            producer.produce(ns(TRADES), key=b"AB-A", value=codec.encode(TRADES, trade))
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.flush(30)
+            producer.abort_transaction(30)
+    log = tmp_path / "marketdata.log"
+    worker = ServiceProcess(["marketdata", "run", "--idle-exit", "3"], kafka_bootstrap, ns, log).start()
+    assert worker.wait(180) == 0, log.read_text()[-3000:]
+    day = [c for c in read_topic(kafka_bootstrap, ns, MD_CANDLES) if c["interval"] == "1d"]
+    assert max(c["volume"] for c in day) == sum(t["qty"] for t in trades)

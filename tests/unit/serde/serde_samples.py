@@ -182,6 +182,34 @@ CANDLE: dict[str, Any] = {
     "final": True,
 }
 
+TICKER: dict[str, Any] = {
+    "market": "BTC-USD",
+    "best_bid": 9_712_300,
+    "bid_qty": 42_000_000,
+    "best_ask": 9_712_400,
+    "ask_qty": 1_500_000,
+    "book_seq": 88_421,
+    "last_price": 9_712_350,
+    "last_qty": 2_000_000,
+    "last_trade_id": 418,
+    "window_start": T0 - 1439 * 60_000,
+    "open_24h": 9_500_000,
+    "high_24h": 9_800_000,
+    "low_24h": 9_400_000,
+    "change_24h": 212_350,
+    "volume_24h": 30_000_000_000_000,
+    "quote_volume_24h": Decimal(9_600_000) * Decimal(30_000_000_000_000),
+    "trade_count_24h": 91_000,
+    "ts": T0 + 1_500,
+}
+
+TICKER_EMPTY: dict[str, Any] = {
+    **TICKER, "best_bid": None, "bid_qty": None, "best_ask": None, "ask_qty": None, "book_seq": 0,
+    "last_price": None, "last_qty": None, "last_trade_id": 0, "window_start": None, "open_24h": None,
+    "high_24h": None, "low_24h": None, "change_24h": None, "volume_24h": 0, "quote_volume_24h": Decimal(0),
+    "trade_count_24h": 0, "ts": 0,
+}
+
 SNAPSHOT: dict[str, Any] = {
     "partition": 3,
     "next_offset": 1_000_042,
@@ -267,6 +295,7 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
     "trades": [TRADE],
     "md.book": [BOOK_DELTA, {**BOOK_DELTA, "prev_book_seq": 0, "snapshot": True, "changes": []}],
     "md.candles": [CANDLE, {**CANDLE, "interval": "1d", "quote_volume": Decimal(0), "final": False}],
+    "md.ticker": [TICKER, TICKER_EMPTY, {**TICKER, "change_24h": -100_000, "best_ask": None, "ask_qty": None}],
     "engine.snapshots": [SNAPSHOT, {**SNAPSHOT, "markets": []}],
     "engine.hashes": [STATE_HASH],
     "settlement.batches": [BATCH],

@@ -151,6 +151,7 @@ def test_topic_table_names_existing_records(catalog: SchemaCatalog) -> None:
         "trades",
         "md.book",
         "md.candles",
+        "md.ticker",
         "engine.snapshots",
         "engine.hashes",
         "settlement.batches",
