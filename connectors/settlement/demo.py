@@ -47,8 +47,9 @@ def mine(settings: Settings, blocks: int = 1) -> None:
 
 def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
     from connectors.settlement.batch_service import BatcherRun, BatchService, read_batches
+    from connectors.settlement.decide import State
     from connectors.settlement.reconcile import read_trades, reconcile
-    from connectors.settlement.submitter import FINALIZED, Submitter, ensure_schema
+    from connectors.settlement.submitter import Submitter, ensure_schema
     from streams.serde.topics import SETTLEMENT_BATCHES, TRADES
 
     assets = load_assets(settings.settlement_assets_file)
@@ -64,7 +65,7 @@ def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
     BatchService(settings, deployment, units, run).run()
 
     submitter = Submitter(settings, deployment).acquire()
-    already = {(r.market, r.batch_seq) for r in submitter.rows() if r.state == FINALIZED}
+    already = {(r.market, r.batch_seq) for r in submitter.rows() if r.state is State.FINALIZED}
     try:
         # Everything the batcher emitted, read back now (the submitter's group consumer may still be
         # joining; ingestion is idempotent, so it re-reading the same batches later is harmless).
@@ -74,7 +75,7 @@ def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
         while True:
             progressed = submitter.step()
             rows = submitter.rows()
-            if all(r.state == FINALIZED for r in rows) and not progressed:
+            if all(r.state is State.FINALIZED for r in rows) and not progressed:
                 break  # (also: nothing to settle)
             if submitter.halted():
                 break
@@ -84,8 +85,7 @@ def settle_and_report(settings: Settings, timeout_s: float = 180.0) -> str:
             if not progressed:
                 mine(settings, 4)  # anvil mines only on transactions: finality needs blocks
         rows = submitter.rows()
-        halts = submitter.db.execute("select market, batch_seq, reason from settlement_halts where deployment = %s",
-                                     (deployment.settlement,)).fetchall()
+        halts = submitter.ledger.halts()
     finally:
         submitter.close()
     report = reconcile(settings, deployment, units)

@@ -1,5 +1,10 @@
 """The settlement submitter: batches → ``settleBatch`` transactions, tracked to finality.
 
+Each step reads as: observe the chain (``_observe``) → decide (``decide.next_action``, pure) → the
+ledger applies the transition (``ledger.Ledger``, which owns every SQL statement, the epoch and
+lock checks) → publish the status records. The states are ``decide.State``, the moves
+``decide.MOVES``.
+
 State machine per batch (stored in ``settlement_batches``, every transition also a row of
 ``settlement_transitions`` and a ``settlement.status`` record)::
 
@@ -13,7 +18,8 @@ State machine per batch (stored in ``settlement_batches``, every transition also
                     ALERT (keeps watching the pending transaction; an operator raises the cap)
     reverted / send refused by the contract, and the chain does not already hold the batch:
                     FAILED (the status record is the compensating event; the market halts until
-                    ``xchg settle resume MARKET`` re-queues the batch as BUILT)
+                    ``xchg settle resume MARKET`` moves the batch back to BUILT: a transition
+                    like the others, with its row, status record and epoch check)
 
 * **One sender per key.** ``acquire`` takes a PostgreSQL advisory lock on the operator address (a
   second submitter fails at start-up) and bumps the sender's ``epoch``; every state write carries
@@ -54,9 +60,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from decimal import Decimal
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -64,7 +69,13 @@ import stamina
 from confluent_kafka import KafkaException, Producer, TopicPartition
 from eth_hash.auto import keccak
 from web3 import Web3
-from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.exceptions import (
+    BlockNotFound,
+    ContractCustomError,
+    ContractLogicError,
+    TransactionNotFound,
+    Web3RPCError,
+)
 
 from connectors.settlement.batch_service import of_deployment, usable
 from connectors.settlement.batcher import Batch, Chain, onchain_deltas
@@ -78,26 +89,26 @@ from connectors.settlement.chain import (
     web3,
 )
 from connectors.settlement.decide import (
-    ALERT,
-    BUILT,
-    FAILED,
-    FINALIZED,
-    INCLUDED,
     PENDING,
-    REORGED,
-    REPLACED,
-    SUBMITTED,
+    Action,
     ChainView,
+    Decision,
     Filler,
-    Watch,
-    bump,
+    Policy,
+    Receipt,
+    Seen,
+    State,
+    after_check,
+    after_refusal,
+    bumped,
     filler_fees,
+    next_action,
     plan_send,
-    watch_pending,
 )
 from connectors.settlement.economics import account_address, market_id
 from connectors.settlement.errors import SettlementError
-from streams.observability import SETTLEMENT_BATCHES, SETTLEMENT_GAS_PRICE, SETTLEMENT_GAS_USED, get_logger
+from connectors.settlement.ledger import Fenced, Ledger, Publish, Row, SignedTx, first_line
+from streams.observability import SETTLEMENT_GAS_PRICE, SETTLEMENT_GAS_USED, get_logger
 from streams.runtime.clients import producer_config
 from streams.runtime.crashpoints import crash_point
 from streams.serde.codec import Codec
@@ -107,8 +118,7 @@ from streams.settings import Settings
 
 log = get_logger("settlement.submitter")
 
-__all__ = ["ALERT", "BUILT", "FAILED", "FINALIZED", "INCLUDED", "PENDING", "REORGED", "REPLACED", "SUBMITTED",
-           "Fenced", "Row", "Submitter", "bump", "ensure_schema", "resume_market"]
+__all__ = ["Fenced", "Row", "Submitter", "ensure_schema", "resume_market", "send_status"]
 
 BATCH_SETTLED_TOPIC = keccak(b"BatchSettled(bytes32,uint64,uint64,bytes32,bytes32,bytes32)")
 
@@ -118,40 +128,15 @@ BATCH_SETTLED_TOPIC = keccak(b"BatchSettled(bytes32,uint64,uint64,bytes32,bytes3
 DB_DOWN = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
-class Fenced(SettlementError):
-    """A newer submitter holds this sender: stop writing."""
+def send_status(producer: Producer, topic: str) -> Publish:
+    """A ``Ledger.publish`` sender: each record to ``topic`` keyed by its market, then a flush;
+    True when the broker acknowledged every one within 15 s."""
+    def send(records: Sequence[tuple[str, bytes]]) -> bool:
+        for market, record in records:
+            producer.produce(topic, record, market.encode())
+        return producer.flush(15) == 0
 
-
-@dataclass
-class Row:
-    market: str
-    batch_seq: int
-    first_trade_id: int
-    last_trade_id: int
-    batch_hash: bytes
-    record: bytes
-    state: str
-    bumps: int
-    nonce: int | None
-    tx_hash: bytes | None
-    sent_block: int | None
-    max_fee_per_gas: int | None
-    priority_fee: int | None
-    block_number: int | None
-    block_hash: bytes | None
-    gas_used: int | None
-
-    COLUMNS = ("market, batch_seq, first_trade_id, last_trade_id, batch_hash, record, state, bumps, nonce, tx_hash,"
-               " sent_block, max_fee_per_gas, priority_fee, block_number, block_hash, gas_used")
-
-    @classmethod
-    def of(cls, r: tuple[Any, ...]) -> Row:
-        values = list(r)
-        for i in (11, 12):
-            values[i] = int(values[i]) if values[i] is not None else None
-        for i in (4, 5, 9, 14):
-            values[i] = bytes(values[i]) if values[i] is not None else None
-        return cls(*values)
+    return send
 
 
 class Submitter:
@@ -168,10 +153,10 @@ class Submitter:
             raise SettlementError(f"operator key is {self.operator.address}, the deployment's operator is "
                                   f"{deployment.operator} (EXCHANGE_SETTLEMENT_OPERATOR_KEY / namespace)")
         self.chain = Chain(account_address, deployment.tokens)
-        self.db = self._connect_at_start()
-        self.lock_db: psycopg.Connection[Any] | None = None
-        self.epoch = 0
+        self.ledger = Ledger(settings.writer_dsn(), self.key, self.operator.address, self.codec)
         self.ns = settings.namespace
+        self.policy = Policy(replace_after=settings.settlement_replace_after_blocks,
+                             min_depth=settings.settlement_min_depth)
         self.producer: Producer | None = Producer(producer_config(settings.bootstrap_servers)) if kafka else None
         self.consumer: Any = None
         if kafka:
@@ -186,63 +171,26 @@ class Submitter:
         self.filler: Filler | None = None
         self.holding: set[tuple[str, int]] = set()  # rows logged as waiting on a nonce gap
 
-    # -- database sessions -----------------------------------------------------------------------
-    def _connect(self) -> psycopg.Connection[Any]:
-        # Keepalives: a server that vanishes without closing the socket is noticed in seconds.
-        return psycopg.connect(self.settings.writer_dsn(), autocommit=True, connect_timeout=5, keepalives=1,
-                               keepalives_idle=5, keepalives_interval=2, keepalives_count=2)
+    # -- the ledger's sessions (read by tools and tests) -----------------------------------------
+    @property
+    def db(self) -> psycopg.Connection[Any]:
+        return self.ledger.db
 
-    def _connect_at_start(self) -> psycopg.Connection[Any]:
-        try:
-            return self._connect()
-        except psycopg.OperationalError as error:
-            raise SettlementError(f"database unreachable: {_first_line(error)}") from None
+    @property
+    def lock_db(self) -> psycopg.Connection[Any] | None:
+        return self.ledger.lock_db
 
-    def _close_db(self) -> None:
-        for conn in (self.lock_db, self.db):
-            if conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
-        self.lock_db = None
+    @lock_db.setter
+    def lock_db(self, conn: psycopg.Connection[Any] | None) -> None:
+        self.ledger.lock_db = conn
 
-    def _reconnect(self) -> None:
-        """New sessions after a database failure. Raises a ``DB_DOWN`` error while the database is
-        unreachable, and ``Fenced`` when resuming is not safe: the sender's advisory lock (lost
-        with the old session) is held by someone else, or its epoch moved (another submitter took
-        over during the outage)."""
-        self._close_db()
-        self.db = self._connect()
-        if self.epoch == 0:
-            return  # never acquired (tools and tests that only read)
-        lock = self._connect()
-        if not self._try_lock(lock):
-            lock.close()
-            raise Fenced(f"sender {self.operator.address} was taken by another submitter during the database "
-                         "outage (advisory lock held)")
-        self.lock_db = lock
-        row = self.db.execute("select epoch from settlement_senders where address = %s",
-                              (self.operator.address,)).fetchone()
-        if row is None or int(row[0]) != self.epoch:
-            raise Fenced(f"sender {self.operator.address} was taken over during the database outage "
-                         f"(epoch {row and row[0]} != {self.epoch})")
-
-    def _try_lock(self, conn: psycopg.Connection[Any]) -> bool:
-        got = conn.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
-                           (f"xchg-settle:{self.operator.address}",)).fetchone()
-        return bool(got and got[0])
+    @property
+    def epoch(self) -> int:
+        return self.ledger.epoch
 
     # -- fencing ---------------------------------------------------------------------------------
     def acquire(self) -> Submitter:
-        self.lock_db = self._connect_at_start()
-        if not self._try_lock(self.lock_db):
-            self.lock_db.close()
-            raise SettlementError(f"another submitter holds sender {self.operator.address} (advisory lock)")
-        row = self.db.execute(
-            "insert into settlement_senders (address, epoch) values (%s, 1) on conflict (address) do update"
-            " set epoch = settlement_senders.epoch + 1, updated_at = now() returning epoch",
-            (self.operator.address,)).fetchone()
-        assert row is not None
-        self.epoch = int(row[0])
+        self.ledger.acquire()
         log.info("sender acquired", sender=self.operator.address, epoch=self.epoch, deployment=self.key)
         return self
 
@@ -254,13 +202,7 @@ class Submitter:
             with contextlib.suppress(KafkaException, RuntimeError):
                 self.consumer.close()
             self.consumer = None
-        self._close_db()
-
-    def _check_epoch(self, cur: psycopg.Cursor[Any]) -> None:
-        row = cur.execute("select epoch from settlement_senders where address = %s for update",
-                          (self.operator.address,)).fetchone()
-        if row is None or int(row[0]) != self.epoch:
-            raise Fenced(f"sender {self.operator.address} was taken over (epoch {row and row[0]} != {self.epoch})")
+        self.ledger.close()
 
     # -- input -----------------------------------------------------------------------------------
     def ingest(self, batches: Iterable[Batch]) -> int:
@@ -268,15 +210,8 @@ class Submitter:
         added = 0
         for b in batches:
             record = self.codec.encode(BATCHES_TOPIC, b.record())
-            with self.db.transaction():
-                cur = self.db.execute(
-                    "insert into settlement_batches (deployment, market, batch_seq, first_trade_id, last_trade_id,"
-                    " batch_hash, record, state) values (%s, %s, %s, %s, %s, %s, %s, 'BUILT') on conflict do nothing",
-                    (self.key, b.market, b.batch_seq, b.first_trade_id, b.last_trade_id, b.batch_hash, record))
-                if cur.rowcount:
-                    added += 1
-                    self._record_transition(b.market, b.batch_seq, BUILT, {"bumps": 0})
-        self._emit_pending()
+            added += self.ledger.ingest(b.market, b.batch_seq, b.first_trade_id, b.last_trade_id, b.batch_hash, record)
+        self._publish()
         return added
 
     def _ingest_feed(self) -> int:
@@ -309,72 +244,18 @@ class Submitter:
             raise
         return added
 
-    # -- transitions -----------------------------------------------------------------------------
-    def _record_transition(self, market: str, batch_seq: int, state: str, fields: dict[str, Any]) -> None:
-        record = {
-            "market": market, "batch_seq": batch_seq, "state": state,
-            "tx_hash": fields.get("tx_hash"), "nonce": fields.get("nonce"),
-            "block_number": fields.get("block_number"), "block_hash": fields.get("block_hash"),
-            "gas_used": fields.get("gas_used"),
-            "max_fee_per_gas": Decimal(fields["max_fee_per_gas"]) if fields.get("max_fee_per_gas") else None,
-            "bumps": int(fields.get("bumps") or 0), "reason": fields.get("reason"),
-            "ts": int(time.time() * 1000),
-        }
-        self.db.execute(
-            "insert into settlement_transitions (deployment, market, batch_seq, state, record) values (%s, %s, %s, %s, %s)",
-            (self.key, market, batch_seq, state, self.codec.encode(SETTLEMENT_STATUS, record)))
-        SETTLEMENT_BATCHES.labels(market, state).inc()
-
-    def _transition(self, row: Row, state: str, before: Any = None, **fields: Any) -> None:
-        """Store the new state and its transition row in one transaction, after the fencing check;
-        ``before()`` runs inside that transaction (write-ahead records that must not outlive a fence)."""
-        columns = {"state": state, **fields}
-        with self.db.transaction(), self.db.cursor() as cur:
-            self._check_epoch(cur)
-            if before is not None:
-                before()
-            sets = ", ".join(f"{k} = %s" for k in columns)
-            cur.execute(f"update settlement_batches set {sets}, updated_at = now()"
-                        " where deployment = %s and market = %s and batch_seq = %s",
-                        (*columns.values(), self.key, row.market, row.batch_seq))
-            merged = {"tx_hash": row.tx_hash, "nonce": row.nonce, "block_number": row.block_number,
-                      "block_hash": row.block_hash, "gas_used": row.gas_used, "max_fee_per_gas": row.max_fee_per_gas,
-                      "bumps": row.bumps, **fields}
-            if state in (BUILT, SUBMITTED, REORGED):
-                merged.update(block_number=fields.get("block_number"), block_hash=fields.get("block_hash"),
-                              gas_used=fields.get("gas_used"))
-            self._record_transition(row.market, row.batch_seq, state, merged)
-        for k, v in columns.items():
-            setattr(row, k, v)
-        log.info("transition", market=row.market, batch_seq=row.batch_seq, state=state,
-                 **{k: (v.hex() if isinstance(v, bytes) else v) for k, v in fields.items()})
-        self._emit_pending()
-
-    def _emit_pending(self) -> None:
-        if self.producer is None:
-            return
-        rows = self.db.execute("select id, market, record from settlement_transitions where deployment = %s"
-                               " and not emitted order by id", (self.key,)).fetchall()
-        if not rows:
-            return
-        for _, market, record in rows:
-            self.producer.produce(self.ns(SETTLEMENT_STATUS), bytes(record), market.encode())
-        if self.producer.flush(15) == 0:
-            self.db.execute("update settlement_transitions set emitted = true where id = any(%s)",
-                            ([r[0] for r in rows],))
+    # -- status records --------------------------------------------------------------------------
+    def _publish(self) -> None:
+        """Every transition record not yet on ``settlement.status`` (after each transition)."""
+        if self.producer is not None:
+            self.ledger.publish(send_status(self.producer, self.ns(SETTLEMENT_STATUS)))
 
     # -- queries ---------------------------------------------------------------------------------
-    def rows(self, states: Iterable[str] | None = None) -> list[Row]:
-        sql = f"select {Row.COLUMNS} from settlement_batches where deployment = %s"
-        params: list[Any] = [self.key]
-        if states is not None:
-            sql += " and state = any(%s)"
-            params.append(list(states))
-        return [Row.of(r) for r in self.db.execute(sql + " order by market, batch_seq", params).fetchall()]
+    def rows(self, states: Iterable[State] | None = None) -> list[Row]:
+        return self.ledger.rows(states)
 
     def halted(self) -> set[str]:
-        return {r[0] for r in self.db.execute("select market from settlement_halts where deployment = %s",
-                                              (self.key,)).fetchall()}
+        return self.ledger.halted()
 
     def _batch(self, row: Row) -> Batch:
         return Batch.from_record(self.codec.decode(BATCHES_TOPIC, row.record))
@@ -397,27 +278,62 @@ class Submitter:
         })
         return logs[-1] if logs else None
 
-    # -- the loop --------------------------------------------------------------------------------
+    # -- observing the chain ---------------------------------------------------------------------
     def _view(self) -> ChainView:
         address = self.operator.address
         return ChainView(tip=int(self.w3.eth.block_number),
                          confirmed=int(self.w3.eth.get_transaction_count(address, "latest")),
                          pool_next=int(self.w3.eth.get_transaction_count(address, "pending")))
 
+    def _observe(self, row: Row) -> Seen:
+        """What the chain says about ``row``, as much as its state needs (``decide.Seen``)."""
+        if row.state in PENDING:
+            assert row.tx_hash is not None
+            for tx_hash, _, _ in reversed(self.ledger.txs(row)):
+                receipt = self._receipt(tx_hash)
+                if receipt is not None:
+                    return Seen(receipt=_receipt_of(tx_hash, receipt))
+            return Seen(on_node=self._on_node(row.tx_hash))
+        if row.state is State.INCLUDED:
+            assert row.tx_hash is not None and row.block_number is not None
+            receipt = self._receipt(row.tx_hash)
+            if receipt is None:
+                return Seen()
+            seen = _receipt_of(row.tx_hash, receipt)
+            canonical = self._block_hash(row.block_number) if seen.block_hash == row.block_hash else None
+            return Seen(receipt=seen, canonical_hash=canonical)
+        return Seen()
+
+    def _on_node(self, tx_hash: bytes) -> bool:
+        try:
+            self.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+        return True
+
+    def _block_hash(self, number: int) -> bytes | None:
+        try:
+            return bytes(self.w3.eth.get_block(number)["hash"])
+        except BlockNotFound:
+            return None
+
+    # -- the loop --------------------------------------------------------------------------------
     def step(self) -> bool:
-        """One pass: ingest; watch pending transactions (lowest nonce first) and included ones;
-        then carry out ``decide.plan_send``: at most one send (or one gap filler)."""
-        self._emit_pending()
+        """One pass: publish, ingest; then for pending rows (lowest nonce first) and included ones:
+        observe → ``decide.next_action`` → the ledger applies the transition → publish; then carry
+        out ``decide.plan_send``: at most one send (or one gap filler)."""
+        self._publish()
         busy = self._ingest_feed() > 0
         view = self._view()
         rows = self.rows()
         # Both lists are taken before any transition: a row moves at most one state per step.
         pending = sorted((r for r in rows if r.state in PENDING), key=lambda r: r.nonce or 0)
-        included = [r for r in rows if r.state == INCLUDED]
-        for row in pending:
-            busy = self._watch_pending(row, view) or busy
-        for row in included:
-            busy = self._watch_included(row, view.tip) or busy
+        included = [r for r in rows if r.state is State.INCLUDED]
+        if included:
+            view = replace(view, finalized=finalized_block(self.w3))
+        for row in (*pending, *included):
+            seen = self._observe(row)
+            busy = self._carry_out(row, next_action(row, seen, view, self.policy), seen, view) or busy
         rows = self.rows()
         plan = plan_send(rows, self.halted(), self._view())
         if plan is None:
@@ -430,8 +346,93 @@ class Submitter:
             return self._fill_gap(plan.nonce) or busy
         return busy
 
+    def _carry_out(self, row: Row, decision: Decision, seen: Seen, view: ChainView) -> bool:
+        """Apply ``decision`` for a watched row; True when it changed something."""
+        action = decision.action
+        if row.state in PENDING and action is not Action.HOLD:
+            self.holding.discard((row.market, row.batch_seq))
+        if action is Action.MARK_INCLUDED:
+            receipt = seen.receipt
+            assert receipt is not None
+            SETTLEMENT_GAS_USED.labels(row.market).observe(receipt.gas_used)
+            SETTLEMENT_GAS_PRICE.labels(row.market).set(receipt.effective_gas_price)
+            self._move(row, State.INCLUDED, tx_hash=receipt.tx_hash, block_number=receipt.block_number,
+                       block_hash=receipt.block_hash, gas_used=receipt.gas_used, reason=None)
+            return True
+        if action is Action.CHECK_SETTLED:
+            return self._check_settled(row, decision)
+        if action is Action.MARK_REORGED:
+            self.counters["reorgs"] += 1
+            self._move(row, State.REORGED, reason=decision.reason)
+            return True
+        if action is Action.FINALIZE:
+            self._move(row, State.FINALIZED, reason=None)
+            return True
+        if action in (Action.HOLD, Action.WAIT, Action.REPLACE) and row.state in PENDING:
+            return self._watch_in_flight(row, decision, view)
+        return False
+
+    def _watch_in_flight(self, row: Row, decision: Decision, view: ChainView) -> bool:
+        """A pending transaction without a receipt. Written ahead but never broadcast (a crash), or
+        dropped by the node (anvil drops a transaction a reorg left above a gap when it mines the
+        next block): it is sent again first (``decision.resend``), so that it is there to be mined
+        the moment its nonce comes up."""
+        rebroadcast = decision.resend and self._rebroadcast(row)
+        if decision.action is Action.HOLD:
+            # Waits on a nonce gap: no fee can get it mined, so it is never bumped, and its
+            # inclusion clock is held at the tip until the gap below it is filled.
+            if (row.market, row.batch_seq) not in self.holding:
+                self.holding.add((row.market, row.batch_seq))
+                log.info("transaction waits on a nonce gap", market=row.market, batch_seq=row.batch_seq,
+                         nonce=row.nonce, chain_nonce=view.confirmed)
+            if row.sent_block != view.tip:
+                self.ledger.set_sent_block(row, view.tip)
+            return False
+        if rebroadcast:
+            # The node took it again: the inclusion clock restarts from now (the replacement rule is
+            # about transactions the node had). Refused (e.g. priced out after a base fee spike):
+            # the clock runs on and the replacement below follows.
+            self.ledger.set_sent_block(row, view.tip)
+            return False
+        if decision.action is Action.WAIT:
+            return False
+        return self._replace(row, view.tip)
+
+    def _rebroadcast(self, row: Row) -> bool:
+        """True when the node accepted the current transaction again."""
+        current = next((raw for h, _, raw in self.ledger.txs(row) if h == row.tx_hash), None)
+        return current is not None and self._broadcast(current)
+
+    def _check_settled(self, row: Row, check: Decision) -> bool:
+        """Success after a check: the chain holds a BatchSettled event with this batch's hash
+        (INCLUDED, by whichever transaction), or ``decide.after_check`` says what else."""
+        found = self.onchain_settlement(row.market, row.batch_hash)
+        outcome = after_check(row, check, settled=found is not None)
+        if found is None:
+            assert outcome.state is not None and outcome.reason is not None
+            if outcome.action is Action.FAIL:
+                self._fail(row, outcome.reason)
+            else:
+                self._move(row, outcome.state, reason=outcome.reason)
+            return True
+        receipt = self._receipt(bytes(found["transactionHash"]))
+        self.counters["already_settled"] += 1
+        self._move(row, State.INCLUDED, tx_hash=bytes(found["transactionHash"]),
+                   block_number=int(found["blockNumber"]), block_hash=bytes(found["blockHash"]),
+                   gas_used=int(receipt["gasUsed"]) if receipt else None, reason=outcome.reason)
+        return True
+
+    def _move(self, row: Row, state: State, **changes: Any) -> None:
+        self.ledger.move(row, state, **changes)
+        self._publish()
+
+    def _fail(self, row: Row, reason: str) -> None:
+        self.ledger.fail(row, reason)
+        self._publish()
+        log.error("settlement halted", market=row.market, batch_seq=row.batch_seq, reason=reason)
+
     def settled(self) -> bool:
-        return all(r.state == FINALIZED for r in self.rows())
+        return all(r.state is State.FINALIZED for r in self.rows())
 
     def run(self, stop: Callable[[], bool] | None = None, idle_exit_s: float | None = None, poll_s: float = 0.2,
             max_backoff_s: float = 30.0, db_backoff_max_s: float = 5.0) -> None:
@@ -462,7 +463,7 @@ class Submitter:
                 if outage_started is None:
                     outage_started = time.monotonic()
                     self.counters["db_outages"] += 1
-                    log.warning("database circuit open: submitting paused", error=_first_line(error))
+                    log.warning("database circuit open: submitting paused", error=first_line(error))
                 if not self._wait_for_database(stop, db_backoff_max_s):
                     return  # stopped while the database was down
                 continue
@@ -492,9 +493,9 @@ class Submitter:
                 if stop and stop():
                     return False
                 try:
-                    self._reconnect()
+                    self.ledger.reconnect()
                 except DB_DOWN as error:
-                    log.info("database still unavailable", attempt=attempt.num, error=_first_line(error))
+                    log.info("database still unavailable", attempt=attempt.num, error=first_line(error))
                     raise
         log.info("database circuit half-open: reconnected, sender lock re-taken", epoch=self.epoch)
         return True
@@ -510,12 +511,13 @@ class Submitter:
         except ContractLogicError as error:
             return None, ("revert", (str(error),))
 
-    def _sign(self, batch: Batch, nonce: int, fees: Any, gas: int) -> tuple[bytes, bytes]:
+    def _sign(self, batch: Batch, nonce: int, fees: Any, gas: int) -> SignedTx:
         tx = {"chainId": self.deployment.chain_id, "nonce": nonce, "to": self.contract.address, "value": 0,
               "data": self.contract.encode_abi("settleBatch", self._call_args(batch)), "gas": gas,
               "maxFeePerGas": fees.max_fee_per_gas, "maxPriorityFeePerGas": fees.priority_fee, "type": 2}
         signed = self.operator.sign_transaction(tx)
-        return bytes(signed.hash), bytes(signed.raw_transaction)
+        return SignedTx(bytes(signed.hash), bytes(signed.raw_transaction), nonce, fees.max_fee_per_gas,
+                        fees.priority_fee, gas)
 
     def _fees(self) -> Any:
         fees = suggest_fees(self.w3)
@@ -526,11 +528,19 @@ class Submitter:
 
     def _send(self, row: Row, nonce: int) -> bool:
         """Sign ``row``'s batch at ``nonce`` (chosen by ``plan_send``), record it, then broadcast.
-        False when the contract says an earlier batch is missing (wait)."""
+        A refusal of the contract is decided by ``decide.after_refusal``; False when that says to
+        wait (an earlier batch is missing)."""
         batch = self._batch(row)
         estimate, refused = self._estimate(batch)
         if refused is not None:
-            return self._refused(row, refused)
+            decision = after_refusal(row, *refused)
+            if decision.action is Action.WAIT:
+                return False
+            if decision.action is Action.CHECK_SETTLED:
+                return self._check_settled(row, decision)
+            assert decision.reason is not None
+            self._fail(row, decision.reason)
+            return True
         assert estimate is not None
         gas = min(estimate * 3 // 2, self.block_gas_limit)
         fees = self._fees()
@@ -538,29 +548,15 @@ class Submitter:
         # block behind (anvil mines the previous transaction asynchronously), and a clock started
         # early replaces a transaction before it had its blocks.
         tip = int(self.w3.eth.block_number)
-        tx_hash, raw = self._sign(batch, nonce, fees, gas)
-
-        def write_ahead() -> None:
-            self.db.execute("update settlement_senders set next_nonce = %s, updated_at = now() where address = %s",
-                            (nonce + 1, self.operator.address))
-            self._store_tx(row, tx_hash, raw, nonce, fees, gas)
-
-        if row.state == REORGED:
+        tx = self._sign(batch, nonce, fees, gas)
+        if row.state is State.REORGED:
             self.counters["resent"] += 1
-        self._transition(row, SUBMITTED, before=write_ahead, nonce=nonce, tx_hash=tx_hash, sent_block=tip,
-                         max_fee_per_gas=fees.max_fee_per_gas, priority_fee=fees.priority_fee,
-                         block_number=None, block_hash=None, gas_used=None, reason=None)
+        self.ledger.submit(row, tx, sent_block=tip)
+        self._publish()
         crash_point("settle-before-send")
-        self._broadcast(raw)
+        self._broadcast(tx.raw)
         crash_point("settle-after-send")
         return True
-
-    def _store_tx(self, row: Row, tx_hash: bytes, raw: bytes, nonce: int, fees: Any, gas: int) -> None:
-        self.db.execute(
-            "insert into settlement_txs (tx_hash, deployment, market, batch_seq, sender, nonce, max_fee_per_gas,"
-            " priority_fee, gas_limit, raw) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
-            (tx_hash, self.key, row.market, row.batch_seq, self.operator.address, nonce, fees.max_fee_per_gas,
-             fees.priority_fee, gas, raw))
 
     def _broadcast(self, raw: bytes) -> bool:
         """Send a signed transaction; False when the node refuses it ("already known", "nonce too
@@ -571,116 +567,6 @@ class Submitter:
             log.warning("broadcast refused", error=str(error)[:200])
             return False
         return True
-
-    def _refused(self, row: Row, refused: tuple[str, tuple[Any, ...]]) -> bool:
-        name, args = refused
-        if name == "BatchAlreadySettled":
-            return self._success_after_check(row, f"BatchAlreadySettled{args}")
-        if name == "SequenceGap" and args and int(args[1]) < row.first_trade_id:
-            return False  # an earlier batch is not on chain (yet, or again after a reorg): wait for it
-        self._fail(row, f"contract refused the batch: {name}{args}")
-        return True
-
-    def _success_after_check(self, row: Row, why: str) -> bool:
-        found = self.onchain_settlement(row.market, row.batch_hash)
-        if found is None:
-            self._fail(row, f"{why}, but no BatchSettled event with this batch hash on chain")
-            return True
-        receipt = self._receipt(bytes(found["transactionHash"]))
-        self.counters["already_settled"] += 1
-        self._transition(row, INCLUDED, tx_hash=bytes(found["transactionHash"]), block_number=int(found["blockNumber"]),
-                         block_hash=bytes(found["blockHash"]),
-                         gas_used=int(receipt["gasUsed"]) if receipt else None,
-                         reason=f"already settled on chain, checked: {why}")
-        return True
-
-    def _fail(self, row: Row, reason: str) -> None:
-        def halt() -> None:
-            self.db.execute("insert into settlement_halts (deployment, market, batch_seq, reason) values (%s, %s, %s, %s)"
-                            " on conflict (deployment, market) do nothing", (self.key, row.market, row.batch_seq, reason))
-
-        self._transition(row, FAILED, before=halt, reason=reason)
-        log.error("settlement halted", market=row.market, batch_seq=row.batch_seq, reason=reason)
-
-    # -- watching --------------------------------------------------------------------------------
-    def _txs(self, row: Row) -> list[tuple[bytes, int, bytes]]:
-        return [(bytes(h), int(n), bytes(raw)) for h, n, raw in self.db.execute(
-            "select tx_hash, nonce, raw from settlement_txs where deployment = %s and market = %s and batch_seq = %s"
-            " order by created_at", (self.key, row.market, row.batch_seq)).fetchall()]
-
-    def _find_receipt(self, txs: list[tuple[bytes, int, bytes]]) -> tuple[bytes, Any] | None:
-        for tx_hash, _, _ in reversed(txs):
-            receipt = self._receipt(tx_hash)
-            if receipt is not None:
-                return tx_hash, receipt
-        return None
-
-    def _watch_pending(self, row: Row, view: ChainView) -> bool:
-        txs = self._txs(row)
-        found = self._find_receipt(txs)
-        assert row.nonce is not None and row.tx_hash is not None
-        action = watch_pending(int(found[1]["status"]) if found else None, row.nonce, row.sent_block, view,
-                               self.settings.settlement_replace_after_blocks)
-        if action is not Watch.HOLD:
-            self.holding.discard((row.market, row.batch_seq))
-        if action is Watch.INCLUDED:
-            assert found is not None
-            tx_hash, receipt = found
-            gas_used = int(receipt["gasUsed"])
-            SETTLEMENT_GAS_USED.labels(row.market).observe(gas_used)
-            SETTLEMENT_GAS_PRICE.labels(row.market).set(int(receipt["effectiveGasPrice"]))
-            self._transition(row, INCLUDED, tx_hash=tx_hash, block_number=int(receipt["blockNumber"]),
-                             block_hash=bytes(receipt["blockHash"]), gas_used=gas_used, reason=None)
-            return True
-        if action is Watch.REVERTED:
-            assert found is not None
-            return self._success_after_check(row, f"transaction {found[0].hex()} reverted")
-        if action is Watch.CONSUMED:
-            # The nonce is used but none of our transactions has a receipt: settled by another
-            # transaction (checked) or lost; either way the send path decides (estimate first).
-            if self.onchain_settlement(row.market, row.batch_hash) is not None:
-                return self._success_after_check(row, "nonce consumed by another transaction")
-            self._transition(row, REORGED, reason=f"nonce {row.nonce} consumed without a receipt of ours")
-            return True
-        # Written ahead but never broadcast (a crash), or dropped by the node (anvil drops a
-        # transaction a reorg left above a gap when it mines the next block): send it again, so
-        # that it is there to be mined the moment its nonce comes up.
-        rebroadcast = self._rebroadcast_if_lost(row, txs)
-        if action is Watch.HOLD:
-            # Waits on a nonce gap: no fee can get it mined, so it is never bumped, and its
-            # inclusion clock is held at the tip until the gap below it is filled.
-            if (row.market, row.batch_seq) not in self.holding:
-                self.holding.add((row.market, row.batch_seq))
-                log.info("transaction waits on a nonce gap", market=row.market, batch_seq=row.batch_seq,
-                         nonce=row.nonce, chain_nonce=view.confirmed)
-            if row.sent_block != view.tip:
-                self._set_sent_block(row, view.tip)
-            return False
-        if rebroadcast:
-            # The node took it again: the inclusion clock restarts from now (the replacement rule is
-            # about transactions the node had). Refused (e.g. priced out after a base fee spike):
-            # the clock runs on and the replacement below follows.
-            self._set_sent_block(row, view.tip)
-            return False
-        if action is Watch.WAIT:
-            return False
-        return self._replace(row, view.tip)
-
-    def _rebroadcast_if_lost(self, row: Row, txs: list[tuple[bytes, int, bytes]]) -> bool:
-        """True when the node did not know the current transaction and accepted it again."""
-        assert row.tx_hash is not None
-        try:
-            self.w3.eth.get_transaction(row.tx_hash)  # type: ignore[arg-type]
-        except TransactionNotFound:
-            current = next((raw for h, _, raw in txs if h == row.tx_hash), None)
-            return current is not None and self._broadcast(current)
-        return False
-
-    def _set_sent_block(self, row: Row, tip: int) -> None:
-        """Move the inclusion clock (not a state change: no transition record)."""
-        self.db.execute("update settlement_batches set sent_block = %s where deployment = %s and market = %s"
-                        " and batch_seq = %s", (tip, self.key, row.market, row.batch_seq))
-        row.sent_block = tip
 
     def _fill_gap(self, nonce: int) -> bool:
         """Fill a nonce gap that no batch can fill with a 0-value transfer to the sender itself.
@@ -704,14 +590,14 @@ class Submitter:
         return self._broadcast(bytes(signed.raw_transaction))
 
     def _replace(self, row: Row, tip: int) -> bool:
+        """Fee bump at the same nonce (``decide.bumped``); ALERT instead when it would pass the cap."""
         assert row.max_fee_per_gas is not None and row.priority_fee is not None and row.nonce is not None
         fresh = suggest_fees(self.w3)
-        max_fee = max(bump(row.max_fee_per_gas), fresh.max_fee_per_gas)
-        tip_fee = max(bump(row.priority_fee), fresh.priority_fee)
+        max_fee, priority = bumped((row.max_fee_per_gas, row.priority_fee), (fresh.max_fee_per_gas, fresh.priority_fee))
         cap = self.settings.settlement_max_fee_wei
         if max_fee > cap:
-            if row.state != ALERT:
-                self._transition(row, ALERT, reason=f"replacement needs max fee {max_fee} wei > cap {cap} wei")
+            if row.state is not State.ALERT:
+                self._move(row, State.ALERT, reason=f"replacement needs max fee {max_fee} wei > cap {cap} wei")
             return False
         batch = self._batch(row)
         estimate, refused = self._estimate(batch)
@@ -719,52 +605,39 @@ class Submitter:
             if refused[0] == "BatchAlreadySettled":
                 return False  # the pending one (or a twin) got in: the receipt check picks it up
             estimate = None
-        gas_row = self.db.execute("select gas_limit from settlement_txs where tx_hash = %s", (row.tx_hash,)).fetchone()
-        gas = min(estimate * 3 // 2, self.block_gas_limit) if estimate else int(gas_row[0]) if gas_row else 0
-        fees = type(fresh)(max_fee, min(tip_fee, max_fee))
-        tx_hash, raw = self._sign(batch, row.nonce, fees, gas)
-        nonce = row.nonce
+        gas = min(estimate * 3 // 2, self.block_gas_limit) if estimate else self.ledger.gas_limit(row.tx_hash) or 0
+        tx = self._sign(batch, row.nonce, type(fresh)(max_fee, priority), gas)
         self.counters["bumps"] += 1
-        self._transition(row, REPLACED, before=lambda: self._store_tx(row, tx_hash, raw, nonce, fees, gas),
-                         tx_hash=tx_hash, sent_block=tip, max_fee_per_gas=max_fee,
-                         priority_fee=fees.priority_fee, bumps=row.bumps + 1,
-                         reason=f"not included after {tip - (row.sent_block or tip)} blocks: fee bump")
-        self._broadcast(raw)
+        self.ledger.replace(row, tx, sent_block=tip,
+                            reason=f"not included after {tip - (row.sent_block or tip)} blocks: fee bump")
+        self._publish()
+        self._broadcast(tx.raw)
         return True
 
-    def _watch_included(self, row: Row, tip: int) -> bool:
-        assert row.tx_hash is not None and row.block_number is not None
-        receipt = self._receipt(row.tx_hash)
-        if receipt is None or bytes(receipt["blockHash"]) != row.block_hash:
-            self.counters["reorgs"] += 1
-            why = "receipt gone" if receipt is None else "block hash changed"
-            self._transition(row, REORGED, reason=f"{why} (was block {row.block_number})")
-            return True
-        finalized = finalized_block(self.w3)
-        depth = tip - row.block_number + 1
-        if row.block_number <= finalized and depth >= self.settings.settlement_min_depth:
-            block = self.w3.eth.get_block(row.block_number)
-            if bytes(block["hash"]) == row.block_hash:
-                self._transition(row, FINALIZED, reason=None)
-                return True
-        return False
+
+def _receipt_of(tx_hash: bytes, receipt: Any) -> Receipt:
+    return Receipt(tx_hash=tx_hash, status=int(receipt["status"]), block_number=int(receipt["blockNumber"]),
+                   block_hash=bytes(receipt["blockHash"]), gas_used=int(receipt["gasUsed"]),
+                   effective_gas_price=int(receipt["effectiveGasPrice"]))
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def resume_market(settings: Settings, deployment: Deployment, market: str, codec: Codec | None = None) -> int:
+    """Operator action after a FAILED batch: lift the market's halt and move its FAILED batches back
+    to BUILT; the number of batches re-queued.
 
-
-def resume_market(settings: Settings, deployment: Deployment, market: str) -> int:
-    """Operator action after a FAILED batch: lift the halt and re-queue the failed batches as BUILT."""
-    with psycopg.connect(settings.writer_dsn(), autocommit=True) as db, db.transaction():
-        gone = db.execute("delete from settlement_halts where deployment = %s and market = %s",
-                          (deployment.settlement, market)).rowcount
-        requeued = db.execute("update settlement_batches set state = 'BUILT', reason = 'resumed by operator',"
-                              " updated_at = now() where deployment = %s and market = %s and state = 'FAILED'",
-                              (deployment.settlement, market)).rowcount
-    if not gone and not requeued:
-        raise SettlementError(f"market {market} is not halted")
+    A transition like the submitter's (``Ledger.resume``): a transition row per batch, written
+    under the sender's epoch as read here (refused, ``Fenced``, when another submitter takes the
+    sender meanwhile), and its ``settlement.status`` record published now, or by the submitter's
+    next step when the broker does not acknowledge it in time. The sender is not taken: a running
+    submitter goes on and sends the re-queued batch."""
+    ledger = Ledger(settings.writer_dsn(), deployment.settlement, deployment.operator, codec or Codec())
+    try:
+        ledger.observe()
+        requeued = ledger.resume(market)
+        producer = Producer(producer_config(settings.bootstrap_servers))
+        ledger.publish(send_status(producer, settings.namespace(SETTLEMENT_STATUS)))
+    finally:
+        ledger.close()
     return requeued
 
 

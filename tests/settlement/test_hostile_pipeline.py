@@ -14,7 +14,7 @@ import pytest
 
 from connectors.settlement.batch_service import BatcherRun, BatchService, read_batches
 from connectors.settlement.chain import fund_accounts
-from connectors.settlement.submitter import FINALIZED
+from connectors.settlement.decide import State
 from streams.domain.commands import OrderType, Place, Side, STPMode, TimeInForce
 from streams.domain.events import OrderRejected, RejectCode
 from streams.loadgen import OrderFlow, produce_flow
@@ -140,4 +140,4 @@ def test_hostile_records_stop_no_component(stage: Stage, unique: str, tmp_path: 
         states = {(r.market, r.batch_seq): r.state for r in sub.rows()}
     finally:
         sub.close()
-    assert set(states.values()) == {FINALIZED}, states
+    assert set(states.values()) == {State.FINALIZED}, states

@@ -6,8 +6,8 @@ from collections import defaultdict
 
 from connectors.settlement.batch_service import BatcherRun, BatchService, read_batches
 from connectors.settlement.batcher import trade_deltas
+from connectors.settlement.decide import State
 from connectors.settlement.reconcile import balances, reconcile
-from connectors.settlement.submitter import FINALIZED
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
 from streams.serde.codec import Codec
 from streams.serde.topics import SETTLEMENT_BATCHES, SETTLEMENT_STATUS
@@ -54,7 +54,7 @@ def test_ten_thousand_trades_settle_in_ten_batches_and_balances_match(stage: Sta
         rows = sub.rows()
     finally:
         sub.close()
-    assert [r.state for r in rows] == [FINALIZED] * 10
+    assert [r.state for r in rows] == [State.FINALIZED] * 10
     assert all(r.gas_used and r.gas_used < 4_000_000 for r in rows)
 
     expected: dict[tuple[str, str], int] = defaultdict(int)

@@ -9,16 +9,10 @@ from confluent_kafka import KafkaError
 
 from connectors.settlement.batch_service import usable
 from connectors.settlement.decide import (
-    ALERT,
-    BUILT,
-    FINALIZED,
-    INCLUDED,
-    REORGED,
-    REPLACED,
-    SUBMITTED,
     ChainView,
     Filler,
     SendPlan,
+    State,
     Watch,
     bump,
     filler_fees,
@@ -71,22 +65,22 @@ def test_a_tip_below_the_send_block_counts_as_no_block_waited() -> None:
 # -- what to send ---------------------------------------------------------------------------------
 
 def test_nothing_is_sent_while_the_minable_transaction_is_in_flight() -> None:
-    rows = [R("A", 1, SUBMITTED, 4), R("B", 1, BUILT)]
+    rows = [R("A", 1, State.SUBMITTED, 4), R("B", 1, State.BUILT)]
     assert plan_send(rows, set(), view(4)) is None
     assert plan_send(rows, set(), view(5)) is None  # just mined: the watch records it first
 
 
 def test_no_gap_sends_the_next_built_batch_at_the_nodes_pending_count() -> None:
-    rows = [R("A", 1, INCLUDED, 0), R("A", 2, BUILT), R("B", 1, BUILT)]
+    rows = [R("A", 1, State.INCLUDED, 0), R("A", 2, State.BUILT), R("B", 1, State.BUILT)]
     assert plan_send(rows, set(), view(1, pool_next=3)) == SendPlan(3, (("A", 2), ("B", 1)), fill_gap=False)
-    assert plan_send([R("A", 1, FINALIZED, 0)], set(), view(1)) is None
+    assert plan_send([R("A", 1, State.FINALIZED, 0)], set(), view(1)) is None
 
 
 def test_a_gap_is_filled_at_the_chain_count_with_reorged_batches_first_in_nonce_order() -> None:
     # A #3 (nonce 7) is pending above the gap left by a reorg of nonces 4..6; anvil's pending count
     # still counts the stranded transaction, so it must not be used for the nonce.
-    rows = [R("A", 1, INCLUDED, 3), R("A", 2, REORGED, 5), R("A", 3, SUBMITTED, 7),
-            R("B", 1, REORGED, 4), R("B", 2, REORGED, 6), R("C", 1, BUILT)]
+    rows = [R("A", 1, State.INCLUDED, 3), R("A", 2, State.REORGED, 5), R("A", 3, State.SUBMITTED, 7),
+            R("B", 1, State.REORGED, 4), R("B", 2, State.REORGED, 6), R("C", 1, State.BUILT)]
     plan = plan_send(rows, set(), view(4, pool_next=8))
     assert plan is not None and plan.nonce == 4 and plan.fill_gap
     # B #2 waits for B #1 (not on chain yet); BUILT comes after every reorged batch.
@@ -94,10 +88,10 @@ def test_a_gap_is_filled_at_the_chain_count_with_reorged_batches_first_in_nonce_
 
 
 def test_several_stranded_transactions_each_wait_and_the_lowest_free_nonce_is_next() -> None:
-    rows = [R("A", 1, SUBMITTED, 2), R("A", 2, REORGED, 3), R("B", 1, REPLACED, 5), R("B", 2, ALERT, 6),
-            R("C", 1, REORGED, 1), R("C", 2, REORGED, 4)]
+    rows = [R("A", 1, State.SUBMITTED, 2), R("A", 2, State.REORGED, 3), R("B", 1, State.REPLACED, 5),
+            R("B", 2, State.ALERT, 6), R("C", 1, State.REORGED, 1), R("C", 2, State.REORGED, 4)]
     for row in rows:
-        if row.state in (SUBMITTED, REPLACED, ALERT):
+        if row.state in (State.SUBMITTED, State.REPLACED, State.ALERT):
             assert row.nonce is not None
             assert watch_pending(None, row.nonce, 0, view(1), 3) is Watch.HOLD
     plan = plan_send(rows, set(), view(1, pool_next=7))
@@ -105,18 +99,19 @@ def test_several_stranded_transactions_each_wait_and_the_lowest_free_nonce_is_ne
 
 
 def test_reorged_batches_without_a_gap_go_first_at_the_chain_count() -> None:
-    rows = [R("A", 1, REORGED, 2), R("A", 2, REORGED, 3), R("B", 1, BUILT)]
+    rows = [R("A", 1, State.REORGED, 2), R("A", 2, State.REORGED, 3), R("B", 1, State.BUILT)]
     plan = plan_send(rows, set(), view(2, pool_next=2))
     assert plan == SendPlan(2, (("A", 1), ("B", 1)), fill_gap=False)
 
 
 def test_a_gap_no_batch_can_fill_gets_a_filler() -> None:
-    rows = [R("A", 1, INCLUDED, 0), R("A", 2, SUBMITTED, 2)]  # nonce 1 was not a batch
+    rows = [R("A", 1, State.INCLUDED, 0), R("A", 2, State.SUBMITTED, 2)]  # nonce 1 was not a batch
     assert plan_send(rows, set(), view(1, pool_next=3)) == SendPlan(1, (), fill_gap=True)
 
 
 def test_halted_markets_and_waiting_successors_are_not_sendable() -> None:
-    rows = [R("A", 1, REORGED, 1), R("A", 2, BUILT), R("B", 1, BUILT), R("C", 1, INCLUDED, 0), R("C", 2, BUILT)]
+    rows = [R("A", 1, State.REORGED, 1), R("A", 2, State.BUILT), R("B", 1, State.BUILT), R("C", 1, State.INCLUDED, 0),
+            R("C", 2, State.BUILT)]
     assert sendable(rows, {"B"}) == [("A", 1), ("C", 2)]
 
 

@@ -9,18 +9,10 @@ from eth_hash.auto import keccak
 
 from connectors.settlement.batcher import onchain_deltas
 from connectors.settlement.chain import decode_revert, fund_accounts, operator_account
+from connectors.settlement.decide import State
 from connectors.settlement.economics import market_id
 from connectors.settlement.reconcile import reconcile
-from connectors.settlement.submitter import (
-    FAILED,
-    FINALIZED,
-    INCLUDED,
-    REORGED,
-    REPLACED,
-    SUBMITTED,
-    Submitter,
-    resume_market,
-)
+from connectors.settlement.submitter import Submitter, resume_market
 from tests.settlement.conftest import Stage
 
 MARKET = "BTC-USD"
@@ -61,7 +53,7 @@ def test_reorg_removes_an_included_batch_which_is_resubmitted_and_settled_once(s
     stage.produce_trades(trades)
     stage.produce_batches(batches)  # for the reconciliation; the submitter gets them directly
     submitter.ingest(batches[:1])
-    stage.drive(submitter, lambda: submitter.rows()[0].state == INCLUDED, mine=False)
+    stage.drive(submitter, lambda: submitter.rows()[0].state == State.INCLUDED, mine=False)
     row = submitter.rows()[0]
     assert row.block_number is not None
     stage.mine(2)  # the batch is a few blocks deep when the chain reorganises
@@ -70,12 +62,12 @@ def test_reorg_removes_an_included_batch_which_is_resubmitted_and_settled_once(s
     assert submitter._receipt(row.tx_hash) is None
     assert last_settled(stage) == 0
     stage.drive(submitter, lambda: submitter.settled())
-    assert REORGED in transitions(submitter, 1)
-    assert transitions(submitter, 1)[-3:] == [SUBMITTED, INCLUDED, FINALIZED]
+    assert State.REORGED in transitions(submitter, 1)
+    assert transitions(submitter, 1)[-3:] == [State.SUBMITTED, State.INCLUDED, State.FINALIZED]
     assert submitter.counters["reorgs"] == 1 and submitter.counters["resent"] == 1
     submitter.ingest(batches[1:])  # the next batch chains onto the resubmitted one
     stage.drive(submitter, lambda: submitter.settled())
-    assert [r.state for r in submitter.rows()] == [FINALIZED, FINALIZED]
+    assert [r.state for r in submitter.rows()] == [State.FINALIZED, State.FINALIZED]
     assert settled_events(stage) == [b.batch_hash for b in batches]  # each batch exactly once
     assert last_settled(stage) == 2000
     report = reconcile(stage.settings, stage.deployment, stage.units)
@@ -91,7 +83,7 @@ def test_gas_spike_replaces_the_pending_transaction_with_higher_fees(stage: Stag
     sub.ingest(batches)
     stage.rpc("evm_setAutomine", [False])
     try:
-        stage.drive(sub, lambda: sub.rows()[0].state == SUBMITTED, mine=False)
+        stage.drive(sub, lambda: sub.rows()[0].state == State.SUBMITTED, mine=False)
         first = sub.rows()[0]
         assert first.max_fee_per_gas is not None
         spike = 50 * 10**9
@@ -99,11 +91,11 @@ def test_gas_spike_replaces_the_pending_transaction_with_higher_fees(stage: Stag
         stage.rpc("anvil_setNextBlockBaseFeePerGas", [hex(spike)])
         stage.mine()
         assert sub._receipt(first.tx_hash) is None  # priced out of the spiked block
-        stage.drive(sub, lambda: sub.rows()[0].state == REPLACED)  # (blocks keep coming; none can include it)
+        stage.drive(sub, lambda: sub.rows()[0].state == State.REPLACED)  # (blocks keep coming; none can include it)
         replaced = sub.rows()[0]
         assert replaced.bumps >= 1 and replaced.max_fee_per_gas is not None
         assert replaced.max_fee_per_gas >= first.max_fee_per_gas * 9 // 8
-        stage.drive(sub, lambda: sub.rows()[0].state == INCLUDED)
+        stage.drive(sub, lambda: sub.rows()[0].state == State.INCLUDED)
         receipt = stage.w3.eth.get_transaction_receipt(sub.rows()[0].tx_hash)
         assert receipt["effectiveGasPrice"] > first.max_fee_per_gas
     finally:
@@ -126,7 +118,7 @@ def test_fee_cap_reached_is_an_alert(stage: Stage) -> None:
     sub.ingest(stage.batches(stage.trades(1000)))
     stage.rpc("evm_setAutomine", [False])
     try:
-        stage.drive(sub, lambda: sub.rows()[0].state == SUBMITTED, mine=False)
+        stage.drive(sub, lambda: sub.rows()[0].state == State.SUBMITTED, mine=False)
         stage.rpc("anvil_setNextBlockBaseFeePerGas", [hex(50 * 10**9)])
         stage.mine()
         stage.drive(sub, lambda: sub.rows()[0].state == "ALERT", mine=False)
@@ -169,7 +161,7 @@ def test_replaying_a_settled_batch_reverts_on_chain_and_counts_as_success_after_
                                   " (deployment, market, batch_seq) where deployment = %s and t.state = 'INCLUDED'"
                                   " order by t.id desc limit 1", (submitter.key,)).fetchone()
     assert submitter.counters["already_settled"] == 1
-    assert submitter.rows()[0].state == FINALIZED and submitter.rows()[0].tx_hash == bytes(
+    assert submitter.rows()[0].state == State.FINALIZED and submitter.rows()[0].tx_hash == bytes(
         settled_events_tx(stage)[0])
     assert reason is not None
     assert settled_events(stage) == [b.batch_hash]  # settled once, replay changed nothing
@@ -190,7 +182,7 @@ def test_revert_fails_the_batch_halts_the_market_until_resumed(stage: Stage, sub
     trades = stage.trades(1000, fund=False)  # nobody deposited: the deltas overdraw
     batches = stage.batches(trades)
     submitter.ingest(batches)
-    stage.drive(submitter, lambda: submitter.rows()[0].state == FAILED, mine=False)
+    stage.drive(submitter, lambda: submitter.rows()[0].state == State.FAILED, mine=False)
     assert submitter.halted() == {MARKET}
     assert not submitter.step()  # halted: nothing is sent
     reason = submitter.db.execute("select reason from settlement_halts where deployment = %s",
@@ -226,3 +218,76 @@ def test_one_sender_per_key_and_a_fenced_zombie_cannot_write(stage: Stage, submi
     assert submitter.db.execute("select count(*) from settlement_txs where deployment = %s",
                                 (submitter.key,)).fetchone() == (0,)
     third.close()
+
+
+def status_records(stage: Stage, batch_seq: int) -> list[dict[str, object]]:
+    from streams.runtime.reader import read_range, standalone_consumer, watermarks
+    from streams.serde.codec import Codec
+    from streams.serde.topics import SETTLEMENT_STATUS
+
+    codec = Codec()
+    consumer = standalone_consumer(stage.settings.bootstrap_servers)
+    topic = stage.ns(SETTLEMENT_STATUS)
+    out = []
+    try:
+        for p in range(4):
+            low, high = watermarks(consumer, topic, p)
+            out.extend(codec.decode(SETTLEMENT_STATUS, m.value()) for m in read_range(consumer, topic, p, low, high))
+    finally:
+        consumer.close()
+    return [r for r in out if r["batch_seq"] == batch_seq]
+
+
+def test_resume_is_a_transition_with_its_row_status_record_and_epoch_check(stage: Stage) -> None:
+    from connectors.settlement.ledger import Fenced, Ledger
+    from streams.serde.codec import Codec
+    from tests.settlement.test_demo_and_cli import _xchg
+
+    trades = stage.trades(1000, fund=False)  # nobody deposited: the deltas overdraw
+    batches = stage.batches(trades)
+    first = stage.submitter(kafka=True).acquire()
+    first.ingest(batches)
+    stage.drive(first, lambda: first.rows()[0].state == State.FAILED, mine=False)
+    assert [r["state"] for r in status_records(stage, 1)] == [State.BUILT, State.FAILED]
+
+    # The operator read the sender's epoch, then another submitter took the sender over: the
+    # operator's resume is refused and changes nothing.
+    operator = Ledger(stage.settings.writer_dsn(), stage.deployment.settlement, stage.deployment.operator, Codec())
+    operator.observe()
+    first.close()
+    second = stage.submitter(kafka=True).acquire()
+    try:
+        with pytest.raises(Fenced):
+            operator.resume(MARKET)
+        operator.close()
+        assert second.rows()[0].state == State.FAILED and second.halted() == {MARKET}
+        assert transitions(second, 1)[-1] == State.FAILED
+
+        u = stage.units[MARKET]
+        fund_accounts(stage.settings, stage.deployment, sorted({a for t in trades for a in (t.buyer, t.seller)}),
+                      stage.assets, symbols=(u.base, u.quote))
+        resumed = _xchg(stage, "resume", MARKET)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "1 batch(es) re-queued" in resumed.stdout
+
+        # FAILED -> BUILT as a transition: the batch row, its transition row, the status record.
+        assert second.rows()[0].state == State.BUILT and not second.halted()
+        assert transitions(second, 1)[-2:] == [State.FAILED, State.BUILT]
+        assert second.db.execute("select reason from settlement_batches where deployment = %s",
+                                 (second.key,)).fetchone() == ("resumed by operator",)
+        assert second.db.execute("select count(*) from settlement_transitions where deployment = %s"
+                                 " and not emitted", (second.key,)).fetchone() == (0,)
+        resume = status_records(stage, 1)[-1]
+        assert (resume["state"], resume["reason"]) == (State.BUILT, "resumed by operator")
+        assert [r["state"] for r in status_records(stage, 1)] == [State.BUILT, State.FAILED, State.BUILT]
+
+        # The submitter that holds the sender goes on and settles the re-queued batch, once.
+        stage.drive(second, lambda: second.settled())
+        assert settled_events(stage) == [batches[0].batch_hash]
+        states = [r["state"] for r in status_records(stage, 1)]
+        assert states[-3:] == [State.SUBMITTED, State.INCLUDED, State.FINALIZED]
+        assert states == transitions(second, 1)
+        again = _xchg(stage, "resume", MARKET)
+        assert again.returncode == 1 and "is not halted" in again.stderr
+    finally:
+        second.close()

@@ -14,17 +14,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from connectors.settlement.batcher import Batch
-from connectors.settlement.submitter import (
-    ALERT,
-    FAILED,
-    FINALIZED,
-    INCLUDED,
-    PENDING,
-    REPLACED,
-    SUBMITTED,
-    Row,
-    Submitter,
-)
+from connectors.settlement.decide import PENDING, State
+from connectors.settlement.submitter import Row, Submitter
 from tests.settlement.conftest import Stage
 from tests.settlement.test_submitter_faults import settled_events
 
@@ -89,11 +80,11 @@ def test_reorg_with_pending_transactions_resends_in_nonce_order_without_bumps(
         # Build: INCLUDED_BEFORE batches, one block each, then (if asked) one more sent and left pending.
         for b in batches[:INCLUDED_BEFORE]:
             sub.ingest([b])
-            step_until(stage, sub, lambda b=b: state_of(sub, b) == INCLUDED, f"{b.market} #{b.batch_seq} included")
+            step_until(stage, sub, lambda b=b: state_of(sub, b) == State.INCLUDED, f"{b.market} #{b.batch_seq} included")
         if pending:
             sub.ingest([batches[INCLUDED_BEFORE]])
-            assert sub.step() and state_of(sub, batches[INCLUDED_BEFORE]) == SUBMITTED
-        assert not any(r.state == FINALIZED for r in sub.rows())
+            assert sub.step() and state_of(sub, batches[INCLUDED_BEFORE]) == State.SUBMITTED
+        assert not any(r.state == State.FINALIZED for r in sub.rows())
 
         # Reorg (several rounds for "several pending": after each one the submitter resends the
         # lowest reorged batch, which stays pending and is stranded above the next, deeper gap).
@@ -114,21 +105,21 @@ def test_reorg_with_pending_transactions_resends_in_nonce_order_without_bumps(
             stage.rpc("evm_setAutomine", [True])
         tip = stage.w3.eth.block_number
         assert sub.step()  # reorgs detected, and the lowest reorged nonce resent at once
-        resent = [r for r in sub.rows() if r.nonce == confirmed and r.state in (*PENDING, INCLUDED)]
+        resent = [r for r in sub.rows() if r.nonce == confirmed and r.state in (*PENDING, State.INCLUDED)]
         assert resent, f"nonce {confirmed} not resent: {[(r.market, r.batch_seq, r.state, r.nonce) for r in sub.rows()]}"
         if not automine:
-            assert resent[0].state == SUBMITTED and resent[0].sent_block == tip  # the tip, not the fork block
+            assert resent[0].state == State.SUBMITTED and resent[0].sent_block == tip  # the tip, not the fork block
             sub.step()  # no block mined since the resend: nothing may be replaced
             assert sub.counters["bumps"] == 0
         sub.ingest(batches[INCLUDED_BEFORE:])
         stage.drive(sub, lambda: len(sub.rows()) == len(batches) and sub.settled(), timeout=90)
 
         rows = sub.rows()
-        assert [r.state for r in rows] == [FINALIZED] * len(batches)
+        assert [r.state for r in rows] == [State.FINALIZED] * len(batches)
         moves = all_transitions(sub)
-        assert not [t for t in moves if t[2] in (ALERT, REPLACED, FAILED)], moves
+        assert not [t for t in moves if t[2] in (State.ALERT, State.REPLACED, State.FAILED)], moves
         for b in batches:
-            assert [t[2] for t in moves if t[:2] == (b.market, b.batch_seq)].count(FINALIZED) == 1
+            assert [t[2] for t in moves if t[:2] == (b.market, b.batch_seq)].count(State.FINALIZED) == 1
         assert sub.counters["bumps"] == 0
         # Round i removes d_i blocks, d_(i-1) of them the previous round's empty replacements: the
         # rows reorged add up to the deepest depth, and each of them was resent once.
@@ -157,15 +148,15 @@ def test_a_gap_left_by_a_transaction_that_is_not_a_batch_is_filled_with_a_no_op(
         stage.w3.eth.send_raw_transaction(other.raw_transaction)  # someone else used the key once
         stage.mine(1)
         sub.ingest(batches)
-        assert sub.step() and sub.rows()[0].state == SUBMITTED and sub.rows()[0].nonce == nonce + 1
+        assert sub.step() and sub.rows()[0].state == State.SUBMITTED and sub.rows()[0].nonce == nonce + 1
         stage.rpc("anvil_reorg", [1, []])  # the other transaction is gone: nothing of ours holds its nonce
         assert stage.w3.eth.get_transaction_count(operator.address, "latest") == nonce
         assert sub.step()  # the gap is filled...
-        assert sub.counters["gap_fills"] == 1 and sub.rows()[0].state == SUBMITTED
+        assert sub.counters["gap_fills"] == 1 and sub.rows()[0].state == State.SUBMITTED
         assert not sub.step() and sub.counters["gap_fills"] == 1  # ...once, not again before blocks pass
         stage.drive(sub, sub.settled)
         assert sub.counters["bumps"] == 0 and sub.rows()[0].bumps == 0
-        assert not [t for t in all_transitions(sub) if t[2] in (ALERT, REPLACED, FAILED)]
+        assert not [t for t in all_transitions(sub) if t[2] in (State.ALERT, State.REPLACED, State.FAILED)]
         assert settled_events(stage) == [batches[0].batch_hash]
         assert stage.w3.eth.get_transaction_count(operator.address, "latest") == nonce + 2
     finally:

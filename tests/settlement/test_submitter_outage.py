@@ -15,8 +15,9 @@ import psycopg
 import pytest
 
 from connectors.settlement.batcher import Batch
+from connectors.settlement.decide import State
 from connectors.settlement.reconcile import reconcile
-from connectors.settlement.submitter import FINALIZED, INCLUDED, Fenced
+from connectors.settlement.submitter import Fenced
 from tests.pipeline import wait_for
 from tests.settlement.conftest import Outage, Stage
 from tests.settlement.test_submitter_crash import _start
@@ -60,7 +61,7 @@ def test_submitter_rides_out_a_database_outage_and_settles_every_batch_once(stag
         def on_chain() -> bool:
             assert proc.poll() is None, log_path.read_text()[-3000:]
             rows = _rows(stage) or []
-            return sum(r[2] in (INCLUDED, FINALIZED) for r in rows) >= 2
+            return sum(r[2] in (State.INCLUDED, State.FINALIZED) for r in rows) >= 2
 
         wait_for(on_chain, 60, "two batches on chain (submission under way)")
         pg_outage.stop()
@@ -82,7 +83,7 @@ def test_submitter_rides_out_a_database_outage_and_settles_every_batch_once(stag
         def settled() -> bool:
             assert proc.poll() is None, log_path.read_text()[-3000:]
             rows = _rows(stage)
-            if rows is not None and len(rows) == len(batches) and all(r[2] == FINALIZED for r in rows):
+            if rows is not None and len(rows) == len(batches) and all(r[2] == State.FINALIZED for r in rows):
                 return True
             stage.mine(2)
             return False
