@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     engine_snapshot_every: int = Field(default=25_000, gt=0)
     # State hashes alone, between snapshots: what a recovery's replay is checked against.
     engine_hash_every: int = Field(default=5_000, gt=0)
+    # After this many md.book deltas of a market, its next md.book record is a full L2 snapshot
+    # (counted, never timed): a consumer starting from the end never reads further back than that.
+    engine_book_snapshot_every: int = Field(default=10_000, gt=0)
     engine_session_timeout_ms: int = Field(default=10_000, ge=3000)
 
     # Settlement (xchg settle ...): batching, fees, finality, fee bumps (connectors/settlement).
@@ -134,7 +137,13 @@ class Settings(BaseSettings):
 
     @property
     def bootstrap_servers(self) -> str:
-        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+        """The one bootstrap list every command uses: the configured servers, or every broker of
+        the project's local cluster (as many as ``xchg infra up`` started, not only the first)."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        from streams.services.kafka import KafkaCluster
+
+        return KafkaCluster(self).bootstrap_servers()
 
     @property
     def namespace(self) -> Namespace:

@@ -27,7 +27,6 @@ def loadgen(
     from streams.markets import MarketRegistry
     from streams.runtime.clients import make_producer
     from streams.serde.codec import Codec
-    from streams.services.kafka import KafkaCluster
 
     settings = load_settings()
     registry = MarketRegistry.load(settings.markets_file)
@@ -40,7 +39,7 @@ def loadgen(
             raise fail("give --count, or --duration with a non-zero --rate")
         count = int(rate * duration)
     flow = OrderFlow(specs, seed, accounts=accounts)
-    producer = make_producer(KafkaCluster(settings).bootstrap_servers())
+    producer = make_producer(settings.bootstrap_servers)
     report = produce_flow(producer, Codec(schema_registry_url=settings.schema_registry_url), flow, count,
                           rate or None, ns=settings.namespace,
                           progress=lambda i: console.print(f"[dim]sent {i}[/dim]") if i and i % 100000 == 0 else None)

@@ -24,11 +24,10 @@ def _send(markets: list[str], make: object) -> None:
     from streams.runtime.records import command_to_record
     from streams.serde.codec import Codec
     from streams.serde.topics import ORDERS_COMMANDS
-    from streams.services.kafka import KafkaCluster
 
     settings = load_settings()
     codec = Codec(schema_registry_url=settings.schema_registry_url)
-    producer = make_producer(KafkaCluster(settings).bootstrap_servers())
+    producer = make_producer(settings.bootstrap_servers)
     assert callable(make)
     for market in markets:
         command: Command = make(f"admin-{uuid.uuid4().hex}")

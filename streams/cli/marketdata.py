@@ -20,11 +20,10 @@ def run(
     from streams.observability import get_logger, serve_metrics
     from streams.processors.marketdata import MarketDataConfig
     from streams.processors.marketdata import run as run_worker
-    from streams.services.kafka import KafkaCluster
 
     settings = load_settings()
     config = MarketDataConfig(
-        bootstrap=KafkaCluster(settings).bootstrap_servers(),
+        bootstrap=settings.bootstrap_servers,
         namespace=settings.namespace,
         idle_exit_s=idle_exit,
         instance_id=instance,

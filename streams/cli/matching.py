@@ -27,11 +27,10 @@ def run(
     from streams.runtime.clients import ClientFatal
     from streams.runtime.collector import tune_for_streaming
     from streams.serde.codec import Codec
-    from streams.services.kafka import KafkaCluster
 
     settings = load_settings()
     config = MatchingConfig(
-        bootstrap=KafkaCluster(settings).bootstrap_servers(),
+        bootstrap=settings.bootstrap_servers,
         group_id=settings.engine_group_id,
         instance_id=instance or settings.engine_instance,
         transactional_prefix=settings.engine_transactional_id_prefix,

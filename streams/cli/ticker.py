@@ -22,11 +22,10 @@ def run(
     from streams.processors.faust_runtime import EXIT_AGENT_CRASHED
     from streams.processors.ticker_worker import InputsNotCopartitioned, TickerConfig, check_inputs
     from streams.processors.ticker_worker import run as run_worker
-    from streams.services.kafka import KafkaCluster
 
     settings = load_settings()
     config = TickerConfig(
-        bootstrap=KafkaCluster(settings).bootstrap_servers(),
+        bootstrap=settings.bootstrap_servers,
         namespace=settings.namespace,
         idle_exit_s=idle_exit,
         instance_id=instance,

@@ -8,7 +8,6 @@ from rich.table import Table
 
 from streams.cli.errors import guarded
 from streams.runtime.topic_admin import Plan, TopicAdmin, TopicSpec, load_topic_file
-from streams.services.kafka import KafkaCluster
 from streams.settings import load_settings
 
 app = typer.Typer(help="Create and check the Kafka topics from infra/kafka/topics.yaml.", no_args_is_help=True)
@@ -34,7 +33,7 @@ def _report(plan: Plan, applied: bool) -> None:
 def apply(allow_repartition: bool = typer.Option(False, help="allow adding partitions to existing topics")) -> None:
     """Create missing topics and set differing configs; report drift it cannot fix. Exit 2 on drift."""
     settings = load_settings()
-    admin = TopicAdmin(KafkaCluster(settings).bootstrap_servers())
+    admin = TopicAdmin(settings.bootstrap_servers)
     plan = admin.apply(load_topic_file(settings.topics_file, settings.topic_prefix), allow_repartition)
     _report(plan, applied=True)
     if plan.drift:
@@ -70,7 +69,7 @@ def plan() -> None:
     """Show each topic's policies and what `apply` would change, without changing anything.
     Exit 2 only for drift that `apply` cannot fix (partition count, replication)."""
     settings = load_settings()
-    admin = TopicAdmin(KafkaCluster(settings).bootstrap_servers())
+    admin = TopicAdmin(settings.bootstrap_servers)
     specs = load_topic_file(settings.topics_file, settings.topic_prefix)
     console.print(_policies(specs))
     result = admin.plan(specs)

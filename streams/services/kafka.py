@@ -77,7 +77,7 @@ class KafkaCluster:
 
     def bootstrap_servers(self) -> str:
         if not self.settings.local_kafka:
-            return self.settings.bootstrap_servers
+            return str(self.settings.kafka_bootstrap)
         return ",".join(f"127.0.0.1:{n.broker_port}" for n in self.nodes())
 
     def version(self) -> str | None:
