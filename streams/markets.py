@@ -21,9 +21,10 @@ from streams.domain.market import (
     from_units,
     to_units,
 )
+from streams.errors import OperatorError
 
 
-class RegistryError(ValueError):
+class RegistryError(OperatorError, ValueError):
     """The market file is missing or invalid; the message names the market and field."""
 
 

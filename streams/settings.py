@@ -15,12 +15,13 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.errors import OperatorError
 from streams.runtime.namespace import Namespace
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class SettingsError(ValueError):
+class SettingsError(OperatorError, ValueError):
     """Configuration that cannot be used; the message names the variable and the fix."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from streams.errors import OperatorError
 
-class SettlementError(RuntimeError):
+
+class SettlementError(OperatorError, RuntimeError):
     """Settlement cannot proceed; the message names the cause and the fix."""

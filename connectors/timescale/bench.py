@@ -36,7 +36,8 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from connectors.timescale.migrations import migrate
-from connectors.timescale.sink import TRADE_COLUMNS, TRADE_TYPES, SinkConfig, TimescaleSink
+from connectors.timescale.sink import SinkConfig, TimescaleSink
+from connectors.timescale.tables import TRADES_TABLE
 from streams.runtime.clients import producer_config
 from streams.runtime.namespace import Namespace
 from streams.runtime.reader import read_range, standalone_consumer, watermarks
@@ -111,13 +112,13 @@ def _copy_floor(dsn: str, records: list[dict[str, Any]], batch: int) -> float:
              r["qty"], r["maker_order_id"], r["maker_account"], r["taker_order_id"], r["taker_account"],
              r["taker_side"]) for r in records]
     stmt = sql.SQL("copy trades ({}) from stdin (format binary)").format(
-        sql.SQL(", ").join(map(sql.Identifier, TRADE_COLUMNS)))
+        sql.SQL(", ").join(map(sql.Identifier, TRADES_TABLE.names)))
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("truncate trades")
         start = time.perf_counter()
         for i in range(0, len(rows), batch):
             with conn.transaction(), conn.cursor() as cur, cur.copy(stmt) as copy:
-                copy.set_types(list(TRADE_TYPES))
+                copy.set_types(list(TRADES_TABLE.types))
                 for row in rows[i:i + batch]:
                     copy.write_row(row)
         return len(rows) / (time.perf_counter() - start)

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import psycopg
 
+from streams.errors import OperatorError
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 LOCK_KEY = 0x78636867  # "xchg"
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+?)(?:\.(plain|timescale))?\.sql$")
 
 
-class MigrationError(RuntimeError):
+class MigrationError(OperatorError, RuntimeError):
     """A migration failed or an applied migration's file changed."""
 
 

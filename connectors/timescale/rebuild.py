@@ -49,16 +49,14 @@ from connectors.timescale import binding
 from connectors.timescale.errors import RebuildError, RecordConflict
 from connectors.timescale.lease import SinkLease
 from connectors.timescale.records import Book, apply_book, candle_fold, comparable
-from connectors.timescale.sink import (
-    CANDLE_COLUMNS,
-    EVENT_COLUMNS,
-    INPUT_TOPICS,
-    TRADE_COLUMNS,
-    SinkConfig,
-    TimescaleSink,
-    _ts,
+from connectors.timescale.sink import INPUT_TOPICS, SinkConfig, TimescaleSink
+from connectors.timescale.tables import (
+    CANDLES_TABLE,
+    EVENTS_TABLE,
+    TRADES_TABLE,
     candle_row,
     event_row,
+    trade_row_reader,
 )
 from streams.processors.candles import INTERVALS
 from streams.runtime.clients import consumer_config, raise_if_fatal
@@ -324,7 +322,7 @@ def _journal_expected(consumer: Consumer, codec: Codec, config: SinkConfig, logi
     from connectors.timescale.records import digest
 
     physical = config.namespace(logical)
-    read_trade = codec.row_reader(TRADES, TRADE_COLUMNS, {"ts": _ts})
+    read_trade = trade_row_reader(codec)
     expected: dict[Key, tuple[tuple[Any, ...], bytes | None]] = {}
     lowest: dict[str, int] = {}
     conflicts = 0
@@ -427,16 +425,16 @@ def verify(config: SinkConfig, since: datetime | None, report: RebuildReport) ->
                     d = row[-1] if digest_last else None
                     yield key(values), values, bytes(d) if d is not None else None
 
-        cols = ", ".join(TRADE_COLUMNS)
+        cols = ", ".join(TRADES_TABLE.names)
         report.checks["trades"] = compare(
             "trades", trades, stored(f"select {cols}, record_digest from trades", lambda v: (v[0], v[1]), True),
             journal_vouched(trade_low, TRADES), before)
-        cols = ", ".join(EVENT_COLUMNS)
+        cols = ", ".join(EVENTS_TABLE.names)
         report.checks["order_events"] = compare(
             "order events", events,
             stored(f"select {cols}, record_digest from order_events", lambda v: (v[0], v[1]), True),
             journal_vouched(event_low, ORDERS_EVENTS), before)
-        cols = ", ".join(f'"{c}"' for c in CANDLE_COLUMNS)
+        cols = ", ".join(f'"{c}"' for c in CANDLES_TABLE.names)
         report.checks["candles"] = compare(
             "candles", candles, stored(f"select {cols} from candles", lambda v: (v[0], v[1], v[2]), False),
             lambda key: not truncated[MD_CANDLES] or key[2] >= candle_low.get((key[0], key[1]), 1 << 62))

@@ -14,6 +14,7 @@
   a book known to be complete (*synced*: after a full-book record, or from the market's first
   delta), never from one whose start was cut off by retention, nor between the parts of a split
   delta.
+- A conflict stops the sink with one line naming the record's place (``journal_conflict``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from confluent_kafka import Message
 from psycopg.types.json import Jsonb
+
+from connectors.timescale.errors import RecordConflict
+from connectors.timescale.tables import CANDLES_TABLE, Journal
 
 DIGEST_SIZE = 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -37,17 +42,6 @@ BOOK_DEPTH = 50
 def digest(value: bytes | None) -> bytes:
     """The stored fingerprint of a Kafka record value (128 bits: collisions are not a concern)."""
     return hashlib.blake2b(value or b"", digest_size=DIGEST_SIZE).digest()
-
-
-def json_default(value: Any) -> Any:
-    """How the sink writes values JSON has no type for (bytes as hex, the rest as text)."""
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
-
-
-def json_dumps(value: Any) -> str:
-    return json.dumps(value, default=json_default)
 
 
 def _plain(value: Any) -> Any:
@@ -132,9 +126,8 @@ def classify(candidates: Sequence[Candidate], stored: Mapping[tuple[str, int], S
 
 
 # -- candles ---------------------------------------------------------------------------------------
-# Candle rows: (market, interval, window_start, open, high, low, close, volume, quote_volume,
-# trade_count, first_trade_id, last_trade_id, final).
-LAST_TRADE_ID, FINAL = 11, 12
+# Rows of ``CANDLES_TABLE``; ``final`` is its last column (``candle_fold`` rebuilds the row up to it).
+LAST_TRADE_ID, FINAL = CANDLES_TABLE.position("last_trade_id"), CANDLES_TABLE.position("final")
 
 
 def candle_newer(stored: Sequence[Any], update: Sequence[Any]) -> bool:
@@ -250,3 +243,23 @@ def replay_books(deltas: Iterable[Mapping[str, Any]], interval_ms: int,
         if step.snapshot is not None:
             on_snapshot(step.snapshot)
     return books
+
+
+# -- what a conflict says --------------------------------------------------------------------------
+
+
+def where(message: Message) -> str:
+    """A consumed record's place in its topic, as the operator reads it: ``topic[partition]@offset``."""
+    return f"{message.topic()}[{message.partition()}]@{message.offset()}"
+
+
+def journal_conflict(journal: Journal, candidate: Candidate, stored: Stored) -> RecordConflict:
+    """The stop of a record with the key of a stored row but other bytes (``classify``'s conflict)."""
+    market, value = candidate.key
+    source = f" at {where(candidate.source)}" if candidate.source is not None else ""
+    was = f"digest {stored.digest.hex()}" if stored.digest is not None else f"values {stored.values}"
+    return RecordConflict(
+        f"{journal.topic} record {market} {journal.key} {value}{source} has the key of a stored row with other "
+        f"values (stored {was}, record digest {candidate.digest.hex()}): not a duplicate, so it is not skipped; "
+        "the sink stops without writing its batch. Does the database hold another stream's rows? "
+        "(`xchg db rebuild --yes` rebuilds it from the topics)")

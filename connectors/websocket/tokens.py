@@ -10,10 +10,12 @@ import base64
 import hashlib
 import hmac
 
+from streams.errors import OperatorError
+
 VERSION = "v1"
 
 
-class TokenError(ValueError):
+class TokenError(OperatorError, ValueError):
     """A token that is not accepted; ``code`` is the protocol error code."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from streams.errors import EXIT_OPERATOR, EXIT_USAGE
 from streams.offline.replay import ReplayError, load_replay_input, replay
 from streams.offline.scenario import ScenarioError, load_scenario, run_scenario, scenario_files
 
@@ -28,7 +29,7 @@ app = typer.Typer(help="The matching engine: conformance scenarios and offline r
 
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
+    return typer.Exit(EXIT_OPERATOR)
 
 
 @app.command()
@@ -68,7 +69,7 @@ def conformance(
             console.print(Text("    " + line, style=style))
     console.print(f"{passed} passed, {failed} failed")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_USAGE)  # a check that found failures (streams.errors)
 
 
 @app.command("replay")

@@ -1,4 +1,5 @@
-"""Expected failures become one red line and a non-zero exit, never a traceback."""
+"""Expected failures become one red line and a non-zero exit, never a traceback (exit codes:
+``streams.errors``)."""
 
 from __future__ import annotations
 
@@ -9,51 +10,24 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 
+from streams.errors import EXIT_OPERATOR, OperatorError
+
 err_console = Console(stderr=True, highlight=False)
 T = TypeVar("T")
 
-# Exception types whose message is written for the operator. Imported lazily by name to keep the
-# CLI's start-up light.
-_OPERATOR_ERRORS = (
-    "streams.settings:SettingsError",
-    "streams.services.errors:ServiceError",
-    "streams.markets:RegistryError",
-    "streams.runtime.topic_admin:TopicFileError",
-    "connectors.timescale.migrations:MigrationError",
-    "connectors.settlement.errors:SettlementError",
-    "connectors.timescale.errors:SinkError",
-    # Why a stream process stops (a fenced static member, a state whose hash disagrees, input
-    # deleted by retention, outputs the broker refuses): stated once, exit non-zero.
-    "streams.runtime.failures:ClientFatal",
-    "streams.runtime.failures:StateMismatch",
-    "streams.runtime.failures:RecoveryError",
-    "streams.runtime.failures:OutputRefused",
-)
-
-
-def _operator_error_types() -> tuple[type[BaseException], ...]:
-    import importlib
-
-    types = []
-    for dotted in _OPERATOR_ERRORS:
-        module, name = dotted.split(":")
-        types.append(getattr(importlib.import_module(module), name))
-    return tuple(types)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = EXIT_OPERATOR) -> typer.Exit:
     err_console.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
 @contextmanager
 def operator_errors() -> Iterator[None]:
-    """Turn the project's operator-facing exceptions into ``error: ...`` and exit code 1."""
-    types = _operator_error_types()
+    """Turn the project's operator errors into ``error: ...`` and their exit code (the
+    convention is in ``streams.errors``)."""
     try:
         yield
-    except types as error:
-        raise fail(str(error)) from None
+    except OperatorError as error:
+        raise fail(str(error), error.exit_code) from None
 
 
 def guarded(func: Callable[..., T]) -> Callable[..., T]:

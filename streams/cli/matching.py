@@ -52,5 +52,5 @@ def run(
         processor.run()
     except ClientFatal as error:
         get_logger("matching").error("engine stopping: fatal consumer error", error=str(error))
-        raise fail(f"fatal consumer error: {error}", code=3) from None
+        raise fail(f"fatal consumer error: {error}", code=error.exit_code) from None
     get_logger("matching").info("engine stopped", processed=processor.throughput.processed)

@@ -22,6 +22,7 @@ import typer
 
 from streams.cli.bench import app as bench_app
 from streams.cli.errors import fail, guarded
+from streams.errors import EXIT_USAGE
 
 if TYPE_CHECKING:  # settlement modules load web3, which a CLI start must not pay for
     from connectors.settlement.chain import Deployment
@@ -156,7 +157,7 @@ def reconcile() -> None:
     report = run_reconcile(settings, _deployment(settings), units)
     typer.echo(report.text())
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_USAGE)  # the check found a difference (streams.errors)
 
 
 @app.command("resume")

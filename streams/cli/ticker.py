@@ -18,8 +18,8 @@ def run(
 ) -> None:
     """Fold trades and md.book into one ticker per market on md.ticker (faust worker) until
     SIGTERM/SIGINT; exits 70 if the agent fails (for a process manager to restart it)."""
+    from streams.errors import EXIT_AGENT_CRASHED
     from streams.observability import get_logger, serve_metrics
-    from streams.processors.faust_runtime import EXIT_AGENT_CRASHED
     from streams.processors.ticker_worker import InputsNotCopartitioned, TickerConfig, check_inputs
     from streams.processors.ticker_worker import run as run_worker
 

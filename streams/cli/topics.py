@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.cli.errors import guarded
+from streams.errors import EXIT_USAGE
 from streams.runtime.topic_admin import Plan, TopicAdmin, TopicSpec, load_topic_file
 from streams.settings import load_settings
 
@@ -37,7 +38,7 @@ def apply(allow_repartition: bool = typer.Option(False, help="allow adding parti
     plan = admin.apply(load_topic_file(settings.topics_file, settings.topic_prefix), allow_repartition)
     _report(plan, applied=True)
     if plan.drift:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USAGE)
 
 
 def retention(config: dict[str, str]) -> str:
@@ -77,4 +78,4 @@ def plan() -> None:
     if not result.changes:
         console.print("[green]in line with the topic file[/green]")
     if result.drift:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USAGE)

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.cli.errors import fail, guarded
+from streams.errors import EXIT_USAGE
 from streams.settings import load_settings
 
 app = typer.Typer(help="Check the output topics and the engine's state.", no_args_is_help=True)
@@ -48,7 +49,7 @@ def stream(outcomes: bool = typer.Option(False, help="also check one outcome per
                       f"{len(out.missing)} without outcome, {len(out.duplicated)} with several")
         clean = clean and out.clean
     if not clean:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_USAGE)  # the check found a problem (streams.errors)
 
 
 @app.command()
@@ -95,4 +96,4 @@ def replay(partition: int = typer.Option(..., min=0, help="orders.commands parti
     for line in report.mismatches[:20]:
         console.print(f"  [red]mismatch[/red] {line}")
     if report.mismatches:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_USAGE)

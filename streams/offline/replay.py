@@ -27,10 +27,11 @@ from streams.domain.commands import Command
 from streams.domain.events import Event, event_to_dict
 from streams.domain.market import MarketSpec
 from streams.engine import Engine
+from streams.errors import OperatorError
 from streams.offline.scenario import ScenarioError, Units, choose_units, parse_command, parse_market
 
 
-class ReplayError(ValueError):
+class ReplayError(OperatorError, ValueError):
     """The replay input cannot be used; the message is one line and says where."""
 
 

@@ -40,6 +40,7 @@ from streams.domain.commands import (
 from streams.domain.events import Event, OrderRejected, Trade
 from streams.domain.market import MarketSpec, UnitError, decimals_of, from_units, to_units
 from streams.engine import Engine
+from streams.errors import OperatorError
 from streams.runtime.records import IDENTIFIER_MAX_CHARS, RecordError, command_from_record
 from streams.runtime.records import NS as RECORD_NAMESPACE
 
@@ -48,7 +49,7 @@ QTY_FIELDS = ("qty",)
 COMMAND_TYPES = ("place", "cancel", "amend", "cancel_all", "set_state")
 
 
-class ScenarioError(ValueError):
+class ScenarioError(OperatorError, ValueError):
     """A scenario, market spec or command cannot be understood (message says where and why)."""
 
 

@@ -25,8 +25,6 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 
-EXIT_AGENT_CRASHED = 70  # EX_SOFTWARE: the worker's own code failed on a record
-
 
 def broker_urls(bootstrap: str) -> list[str]:
     """faust's broker list for a comma-separated bootstrap list (every server, in order)."""

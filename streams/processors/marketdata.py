@@ -54,14 +54,10 @@ from typing import Any
 
 import faust
 
+from streams.errors import EXIT_AGENT_CRASHED
 from streams.observability import get_logger
 from streams.processors.candles import fold, new_state, overflow, skip, to_record
-from streams.processors.faust_runtime import (
-    EXIT_AGENT_CRASHED,
-    CommittedApp,
-    broker_urls,
-    read_committed_range,
-)
+from streams.processors.faust_runtime import CommittedApp, broker_urls, read_committed_range
 from streams.runtime.crashpoints import fault_point
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec, DecodeError

@@ -61,13 +61,9 @@ from typing import Any, cast
 
 import faust
 
+from streams.errors import EXIT_AGENT_CRASHED
 from streams.observability import get_logger
-from streams.processors.faust_runtime import (
-    EXIT_AGENT_CRASHED,
-    CommittedApp,
-    broker_urls,
-    read_committed_range,
-)
+from streams.processors.faust_runtime import CommittedApp, broker_urls, read_committed_range
 from streams.processors.ticker import State, fold, new_state, ticker, to_record
 from streams.runtime.crashpoints import fault_point
 from streams.runtime.namespace import Namespace

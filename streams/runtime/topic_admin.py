@@ -24,9 +24,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.config_files import read_section
+from streams.errors import OperatorError
 
 
-class TopicFileError(ValueError):
+class TopicFileError(OperatorError, ValueError):
     """The topic file is missing or invalid."""
 
 

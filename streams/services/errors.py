@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from streams.errors import OperatorError
 
-class ServiceError(RuntimeError):
+
+class ServiceError(OperatorError, RuntimeError):
     """A service could not be prepared, started or reached. ``str()`` is one line with the fix."""

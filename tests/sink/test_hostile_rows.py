@@ -14,19 +14,19 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from connectors.timescale.records import Book, apply_book, digest
-from connectors.timescale.sink import (
-    CANDLE_COLUMNS,
-    CANDLE_TYPES,
-    EVENTS_TABLE,
-    SNAPSHOT_COLUMNS,
-    SNAPSHOT_TYPES,
+from connectors.timescale.tables import (
+    CANDLES_TABLE,
+    EVENT_JOURNAL,
+    SNAPSHOTS_TABLE,
+    TRADE_JOURNAL,
     TRADES_TABLE,
-    _ts,
+    Table,
     candle_row,
     event_row,
+    snapshot_row,
+    trade_row_reader,
 )
 from streams.domain.commands import Side
 from streams.processors.candles import fold, new_state, overflow, to_record
@@ -46,13 +46,12 @@ def connection(database: Database) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-def _insert(conn: psycopg.Connection[Any], table: str, columns: Sequence[str], types: Sequence[str],
-            rows: Sequence[tuple[Any, ...]]) -> None:
+def _insert(conn: psycopg.Connection[Any], table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
     if not rows:
         return
-    marks = sql.SQL(", ").join(sql.SQL("%s::" + t) for t in types)
+    marks = sql.SQL(", ").join(sql.SQL("%s::" + t) for t in table.types)
     stmt = sql.SQL("insert into {} ({}) values ({})").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)), marks)
+        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, table.names)), marks)
     with conn.cursor() as cur:
         cur.executemany(stmt, rows)
 
@@ -62,7 +61,7 @@ def rows_of(flow: list[dict[str, Any]]) -> dict[str, list[tuple[Any, ...]]]:
     records, as the sink decodes them from the topics)."""
     state = PartitionState(0, REGISTRY, CODEC)
     rows: dict[str, list[tuple[Any, ...]]] = {"events": [], "trades": [], "candles": [], "snapshots": []}
-    read_trade = CODEC.row_reader(TRADES, TRADES_TABLE.columns, {"ts": _ts})
+    read_trade = trade_row_reader(CODEC)
     books: dict[str, Book] = {}
     candle_states: dict[str, dict[str, Any]] = {}
     for offset, record in enumerate(flow):
@@ -88,8 +87,7 @@ def rows_of(flow: list[dict[str, Any]]) -> dict[str, list[tuple[Any, ...]]]:
             step = apply_book(books.setdefault(market, Book()), CODEC.decode(MD_BOOK, CODEC.encode(MD_BOOK, part)),
                               60_000)
             if step.snapshot is not None:
-                name, ts, seq, bids, asks = step.snapshot
-                rows["snapshots"].append((name, _ts(ts), seq, Jsonb(bids), Jsonb(asks)))
+                rows["snapshots"].append(snapshot_row(step.snapshot))
     # Candle updates of one window replace each other in the sink (an upsert): keep the last.
     latest = {row[:3]: row for row in rows["candles"]}
     rows["candles"] = list(latest.values())
@@ -106,10 +104,10 @@ def test_every_output_of_an_accepted_command_inserts_into_postgres(connection: p
     rows = rows_of(flow)
     try:
         with connection.transaction():
-            _insert(connection, "order_events", EVENTS_TABLE.write_columns, EVENTS_TABLE.write_types, rows["events"])
-            _insert(connection, "trades", TRADES_TABLE.write_columns, TRADES_TABLE.write_types, rows["trades"])
-            _insert(connection, "candles", CANDLE_COLUMNS, CANDLE_TYPES, rows["candles"])
-            _insert(connection, "book_snapshots", SNAPSHOT_COLUMNS, SNAPSHOT_TYPES, rows["snapshots"])
+            _insert(connection, EVENT_JOURNAL.written, rows["events"])
+            _insert(connection, TRADE_JOURNAL.written, rows["trades"])
+            _insert(connection, CANDLES_TABLE, rows["candles"])
+            _insert(connection, SNAPSHOTS_TABLE, rows["snapshots"])
             stored = connection.execute("select count(*) from order_events").fetchone()
             assert stored is not None and stored[0] == len(rows["events"])
             raise _RollBack
@@ -127,6 +125,6 @@ def test_a_self_trading_flow_reaches_every_table(connection: psycopg.Connection[
     rows = rows_of(_self_trades(5))
     assert all(rows[kind] for kind in ("events", "trades", "candles", "snapshots"))
     bad = list(rows["trades"][0])
-    bad[TRADES_TABLE.columns.index("maker_account")] = "nul\x00account"  # PostgreSQL text refuses NUL
+    bad[TRADES_TABLE.position("maker_account")] = "nul\x00account"  # PostgreSQL text refuses NUL
     with pytest.raises(psycopg.DataError), connection.transaction():
-        _insert(connection, "trades", TRADES_TABLE.write_columns, TRADES_TABLE.write_types, [tuple(bad)])
+        _insert(connection, TRADE_JOURNAL.written, [tuple(bad)])

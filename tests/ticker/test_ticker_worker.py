@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaException, Producer
 
+from streams.errors import EXIT_AGENT_CRASHED
 from streams.loadgen import OrderFlow, produce_flow
 from streams.markets import MarketRegistry
-from streams.processors.faust_runtime import EXIT_AGENT_CRASHED
 from streams.processors.ticker import fold_all
 from streams.runtime.clients import make_producer, producer_config
 from streams.runtime.namespace import Namespace

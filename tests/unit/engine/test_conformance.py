@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from streams.cli import app
 from streams.domain.events import CancelReason, OrderCancelled
+from streams.errors import EXIT_USAGE
 from streams.offline.scenario import (
     ScenarioError,
     choose_units,
@@ -68,7 +69,7 @@ def test_cli_broken_scenario_fails_with_diff(tmp_path: Path) -> None:
     broken.write_text(json.dumps(doc))
     shutil.copy(SCENARIOS / "rule02-partial-fill-rests.json", tmp_path / "ok.json")
     result = CliRunner().invoke(app, ["engine", "conformance", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_USAGE  # a check that found failures
     assert "FAIL rule01-price-time-priority" in result.output
     assert "PASS rule02-partial-fill-rests" in result.output
     assert '-   "qty": "2"' in result.output and '+   "qty": "1"' in result.output
@@ -79,7 +80,7 @@ def test_cli_unreadable_scenario_fails(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "x",\n "market": ')
     result = CliRunner().invoke(app, ["engine", "conformance", str(bad)])
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_USAGE  # a check that found failures
     assert "invalid JSON at line 2" in result.output
 
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from streams.cli import app
 from streams.domain.events import event_from_dict
 from streams.domain.market import to_units
+from streams.errors import EXIT_OPERATOR
 from streams.offline.scenario import load_scenario, run_commands
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -76,7 +77,7 @@ def test_replay_input_errors_are_one_line(tmp_path: Path, content: str, message:
     code, stdout, stderr = _invoke(
         "--market-spec", str(spec), "--input", str(log), "--output", str(tmp_path / "o")
     )
-    assert code == 2
+    assert code == EXIT_OPERATOR
     assert stdout == ""
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert stderr.startswith("error: ") and message in stderr
@@ -88,11 +89,11 @@ def test_replay_missing_files(tmp_path: Path) -> None:
     code, _, stderr = _invoke(
         "--market-spec", str(tmp_path / "nope.json"), "--input", str(log), "--output", "x"
     )
-    assert code == 2 and stderr.strip() == f"error: market-spec file not found: {tmp_path / 'nope.json'}"
+    assert code == EXIT_OPERATOR and stderr.strip() == f"error: market-spec file not found: {tmp_path / 'nope.json'}"
     code, _, stderr = _invoke(
         "--market-spec", str(spec), "--input", str(tmp_path / "in.jsonl"), "--output", "x"
     )
-    assert code == 2 and stderr.strip() == f"error: input file not found: {tmp_path / 'in.jsonl'}"
+    assert code == EXIT_OPERATOR and stderr.strip() == f"error: input file not found: {tmp_path / 'in.jsonl'}"
 
 
 def test_replay_bad_market_spec(tmp_path: Path) -> None:
@@ -102,12 +103,12 @@ def test_replay_bad_market_spec(tmp_path: Path) -> None:
     code, _, stderr = _invoke(
         "--market-spec", str(spec), "--input", str(log), "--output", str(tmp_path / "o")
     )
-    assert code == 2 and "market.json:2: invalid JSON" in stderr
+    assert code == EXIT_OPERATOR and "market.json:2: invalid JSON" in stderr
     spec.write_text('{"market": "X", "tick_size": "0.01"}')
     code, _, stderr = _invoke(
         "--market-spec", str(spec), "--input", str(log), "--output", str(tmp_path / "o")
     )
-    assert code == 2 and "missing 'lot_size'" in stderr
+    assert code == EXIT_OPERATOR and "missing 'lot_size'" in stderr
 
 
 def test_replay_market_spec_with_bounds(tmp_path: Path) -> None:
