@@ -182,9 +182,8 @@ def _round(settings: Settings, bootstrap: str, ns: Namespace, codec: Codec, reco
 
 
 def run(settings: Settings, trades: int, candle_trades: int, rounds: int = 3) -> dict[str, Any]:
-    from streams.services.kafka import KafkaCluster
 
-    bootstrap = KafkaCluster(settings).bootstrap_servers()
+    bootstrap = settings.bootstrap_servers
     codec = Codec(schema_registry_url=settings.schema_registry_url)
     tag = uuid.uuid4().hex[:8]
     ns = Namespace(f"bench-sink-{tag}.")

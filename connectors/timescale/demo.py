@@ -36,16 +36,11 @@ def run_candles(settings: Settings, bootstrap: str, idle_exit_s: float = 5.0, ti
 
 
 def ingest_and_report(settings: Settings, rows: int = 10) -> str:
-    from streams.services.kafka import KafkaCluster
 
-    bootstrap = KafkaCluster(settings).bootstrap_servers()
+    bootstrap = settings.bootstrap_servers
     migrate(settings.writer_dsn())
     run_candles(settings, bootstrap)
-    config = SinkConfig(bootstrap=bootstrap, dsn=settings.writer_dsn(), namespace=settings.namespace,
-                        name=settings.sink_identity, batch_size=settings.sink_batch_size, linger_ms=settings.sink_linger_ms,
-                        book_snapshot_interval_s=settings.book_snapshot_interval_s,
-                        retention_days=settings.retention_days, until_caught_up=True,
-                        schema_registry_url=settings.schema_registry_url)
+    config = SinkConfig.from_settings(settings, bootstrap=bootstrap, until_caught_up=True)
     stats = TimescaleSink(config, markets=market_rows(settings.markets_file)).run()
 
     analyst = settings.writer_dsn() if settings.database_url is not None else settings.analyst_dsn()

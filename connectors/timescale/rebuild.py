@@ -496,7 +496,6 @@ def run_cli(settings: Any, since_text: str | None, yes: bool, console: Any) -> N
 
     from connectors.timescale.sink import market_rows
     from streams.cli.errors import fail
-    from streams.services.kafka import KafkaCluster
 
     since = None
     if since_text:
@@ -510,10 +509,7 @@ def run_cli(settings: Any, since_text: str | None, yes: bool, console: Any) -> N
     if not yes:
         typer.confirm(f"delete the analytics rows {'from ' + since.isoformat() if since else 'of every time'}"
                       " and rebuild them from the topics?", abort=True)
-    config = SinkConfig(bootstrap=KafkaCluster(settings).bootstrap_servers(), dsn=settings.writer_dsn(),
-                        namespace=settings.namespace, name=settings.sink_identity, batch_size=settings.sink_batch_size,
-                        linger_ms=settings.sink_linger_ms, book_snapshot_interval_s=settings.book_snapshot_interval_s,
-                        retention_days=settings.retention_days, schema_registry_url=settings.schema_registry_url)
+    config = SinkConfig.from_settings(settings)
     with Progress(TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("rebuild", total=None)

@@ -111,6 +111,7 @@ from streams.runtime.namespace import Namespace
 from streams.runtime.reader import topic_partitions
 from streams.serde.codec import Codec
 from streams.serde.topics import DLQ_SINK, MD_BOOK, MD_CANDLES, ORDERS_EVENTS, TRADES
+from streams.settings import Settings
 
 __all__ = ["INPUT_TOPICS", "SinkConfig", "SinkStats", "TimescaleSink", "is_data_error", "is_transient", "market_rows"]
 
@@ -137,6 +138,19 @@ class SinkConfig:
     # rebuild --since: records with an earlier event time are re-read on purpose; found stored
     # (byte-identical) they are not input anomalies, found missing they are written.
     rebuild_since_ms: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SinkConfig:
+        """The sink of this process's settings (the one place that maps them), with ``overrides``
+        for what a command decides itself (``until_caught_up``, ``idle_exit_s``, ...)."""
+        values: dict[str, Any] = {
+            "bootstrap": settings.bootstrap_servers, "dsn": settings.writer_dsn(),
+            "namespace": settings.namespace, "name": settings.sink_identity,
+            "batch_size": settings.sink_batch_size, "linger_ms": settings.sink_linger_ms,
+            "book_snapshot_interval_s": settings.book_snapshot_interval_s,
+            "retention_days": settings.retention_days, "schema_registry_url": settings.schema_registry_url,
+        }
+        return cls(**{**values, **overrides})
 
 
 @dataclass

@@ -33,16 +33,11 @@ def timescale(
     from streams.observability import get_logger, serve_metrics
     from streams.runtime.clients import ClientFatal
     from streams.runtime.collector import tune_for_streaming
-    from streams.services.kafka import KafkaCluster
 
     settings = load_settings()
-    config = SinkConfig(
-        bootstrap=KafkaCluster(settings).bootstrap_servers(), dsn=settings.writer_dsn(),
-        namespace=settings.namespace, name=settings.sink_identity,
-        batch_size=batch_size or settings.sink_batch_size, linger_ms=settings.sink_linger_ms,
-        book_snapshot_interval_s=settings.book_snapshot_interval_s, retention_days=settings.retention_days,
-        until_caught_up=until_caught_up, idle_exit_s=idle_exit, max_runtime_s=max_runtime,
-        schema_registry_url=settings.schema_registry_url,
+    config = SinkConfig.from_settings(
+        settings, batch_size=batch_size or settings.sink_batch_size, until_caught_up=until_caught_up,
+        idle_exit_s=idle_exit, max_runtime_s=max_runtime,
     )
     serve_metrics(settings.metrics_port)
     sink = TimescaleSink(config, markets=market_rows(settings.markets_file))
