@@ -1,6 +1,6 @@
 """Logging and metrics shared by every service process.
 
-Logs: structlog, JSON lines on stderr for services (``XCHG_LOG_FORMAT=console`` for people).
+Logs: structlog, JSON lines on stderr for services (``EXCHANGE_LOG_FORMAT=console`` for people).
 Metrics: prometheus-client, served on ``EXCHANGE_METRICS_PORT`` when it is not 0. Metric names
 follow ``infra/prometheus/METRICS.md``.
 """
@@ -8,7 +8,6 @@ follow ``infra/prometheus/METRICS.md``.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import structlog
@@ -22,7 +21,13 @@ def configure_logging(level: str = "INFO") -> None:
     if _configured:
         return
     renderer: structlog.typing.Processor
-    if os.environ.get("XCHG_LOG_FORMAT", "json") == "console":
+    from streams.settings import SettingsError, load_settings
+
+    try:
+        log_format = load_settings().log_format
+    except SettingsError:
+        log_format = "json"  # the malformed setting is reported by the command, in one line
+    if log_format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()

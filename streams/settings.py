@@ -128,6 +128,12 @@ class Settings(BaseSettings):
 
     # Prometheus endpoint of the process (0 = none).
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Logs: JSON lines on stderr (services) or "console" (people at a terminal).
+    log_format: Literal["json", "console"] = "json"
+    # Test hooks (streams.runtime.crashpoints), "name[:n]": SIGKILL / raise the n-th time
+    # execution reaches that named point. Empty: disarmed.
+    crash_point: str = ""
+    fault_point: str = ""
 
     @field_validator("kafka_heap")
     @classmethod

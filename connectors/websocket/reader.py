@@ -1,5 +1,5 @@
 """The Kafka side of a worker: a thread that plans where to start (``startup``), then reads every
-partition of ``md.book``, ``trades``, ``md.candles`` and ``orders.events`` with one
+partition of ``md.book``, ``trades``, ``md.candles``, ``md.ticker`` and ``orders.events`` with one
 ``read_committed`` consumer, partitions assigned explicitly (no group, nothing committed: every
 worker sees everything), and hands decoded records to the event loop in batches.
 
@@ -22,10 +22,10 @@ from streams.observability import get_logger
 from streams.runtime.clients import consumer_config, raise_if_fatal
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec, DecodeError
-from streams.serde.topics import MD_BOOK, MD_CANDLES, ORDERS_EVENTS, TRADES
+from streams.serde.topics import MD_BOOK, MD_CANDLES, MD_TICKER, ORDERS_EVENTS, TRADES
 
 log = get_logger("ws.reader")
-TOPICS = (MD_BOOK, TRADES, MD_CANDLES, ORDERS_EVENTS)
+TOPICS = (MD_BOOK, TRADES, MD_CANDLES, MD_TICKER, ORDERS_EVENTS)
 Batch = list[tuple[str, dict[str, Any]]]
 
 
@@ -56,6 +56,8 @@ class TopicReader(threading.Thread):
                               self._decoder(MD_BOOK), plan)
             startup.plan_states(consumer, self.ns(ORDERS_EVENTS), self.markets, self.scan_chunk,
                                 self.status_budget, self._decoder(ORDERS_EVENTS), plan)
+            startup.plan_latest(consumer, self.ns(MD_TICKER), self.markets, self.scan_chunk, self.status_budget,
+                                self._decoder(MD_TICKER), plan)
             since = int(time.time() * 1000) - self.lookback_ms
             startup.plan_since(consumer, self.ns(TRADES), since, plan)
             startup.plan_since(consumer, self.ns(MD_CANDLES), since, plan)

@@ -45,7 +45,7 @@ from connectors.websocket.tokens import TokenError, verify_token
 from streams.observability import get_logger
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec
-from streams.serde.topics import MD_BOOK, MD_CANDLES, ORDERS_EVENTS, TRADES
+from streams.serde.topics import MD_BOOK, MD_CANDLES, MD_TICKER, ORDERS_EVENTS, TRADES
 
 log = get_logger("ws.server")
 WS_PATH = "/v1/ws"
@@ -135,6 +135,7 @@ class Gateway:
         self.dirty: set[Client] = set()
         self.server: Server | None = None
         self.reader_failed: BaseException | None = None
+        self.last_ticker: dict[str, Message] = {}  # per market: the ticker message published last
 
     # -- records from Kafka (loop thread) ---------------------------------------------------------
 
@@ -168,6 +169,10 @@ class Gateway:
                 if message is not None:
                     self.publish(SubscriptionKey("candles", message["market"], message["interval"]), message,
                                  "candles")
+            elif topic == MD_TICKER:  # the market's ticker from now on (ticker.current_ticker)
+                window = state.trade_windows.get(record["market"])
+                if window is not None and window.publish(record):
+                    state.ticker_dirty.add(record["market"])
             elif topic == ORDERS_EVENTS:
                 status_message, private = state.on_event(record)
                 if status_message is not None:
@@ -265,7 +270,12 @@ class Gateway:
             for market in sorted(self.state.ticker_dirty):
                 key = SubscriptionKey("ticker", market)
                 if self.subscribers.get(key) and self.state.ready("ticker", market) is None:
-                    self.publish(key, self.state.ticker(market), "ticker")
+                    message = self.state.ticker(market)
+                    if message != self.last_ticker.get(market):  # an md.ticker ticker may not move with the book
+                        self.last_ticker[market] = message
+                        self.publish(key, message, "ticker")
+                else:
+                    self.last_ticker.pop(market, None)
             self.state.ticker_dirty.clear()
             now = time.monotonic()
             if now >= next_sweep:

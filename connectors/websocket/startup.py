@@ -7,7 +7,10 @@ book at book_seq 0; one with records but no snapshot left (retention) waits for 
 
 ``orders.events``: the same backward reading finds each market's latest ``MarketStateChanged``
 (bounded by ``status_scan_records`` per partition: beyond it a market counts as active); live
-reading starts at the end. ``trades`` and ``md.candles``: from ``lookback_ms`` of record time
+reading starts at the end. ``md.ticker`` (compacted, latest record per market = its ticker): the
+same bounded backward reading finds each market's latest record; reading starts at the oldest of
+them (a market without one within the bound is served the gateway's own ticker until its next
+record). ``trades`` and ``md.candles``: from ``lookback_ms`` of record time
 back (``offsets_for_times``).
 """
 
@@ -59,6 +62,24 @@ class StateSearch:
             if name == "xchg.v1.MarketStateChanged" and market not in self.found:
                 self.found[market] = (body["state"], record["seq"], record["ts"])
         return self.wanted <= set(self.found)
+
+
+@dataclass
+class LatestSearch:
+    """Pure: the offset of each wanted market's latest record, fed like :class:`SnapshotSearch`."""
+
+    wanted: set[str]
+    found: dict[str, int] = field(default_factory=dict)
+
+    def visit(self, chunk: list[tuple[int, dict[str, Any]]]) -> bool:
+        for offset, record in reversed(chunk):
+            market = record["market"]
+            if market in self.wanted and market not in self.found:
+                self.found[market] = offset
+        return self.wanted <= set(self.found)
+
+    def start(self, end: int) -> int:
+        return min(self.found.values(), default=end)
 
 
 def scan_backwards(consumer: Consumer, topic: str, partition: int, low: int, high: int, chunk: int,
@@ -127,3 +148,16 @@ def plan_since(consumer: Consumer, topic: str, since_ms: int, plan: StartPlan) -
         low, high = watermarks(consumer, topic, tp.partition)
         plan.starts[(topic, tp.partition)] = high if tp.offset < 0 else max(low, tp.offset)
         plan.ends[(topic, tp.partition)] = high
+
+
+def plan_latest(consumer: Consumer, topic: str, markets: list[str], chunk: int, budget: int,
+                decode: Callable[[bytes | None], dict[str, Any]], plan: StartPlan) -> None:
+    """Start each partition at the oldest of its markets' latest records (``md.ticker``)."""
+    parts = topic_partitions(consumer, topic)
+    by_partition = partitions_markets(markets, len(parts))
+    for p in parts:
+        low, high = watermarks(consumer, topic, p)
+        search = LatestSearch(set(by_partition[p]))
+        scan_backwards(consumer, topic, p, low, high, chunk, decode, search.visit, budget)
+        plan.starts[(topic, p)] = search.start(high)
+        plan.ends[(topic, p)] = high

@@ -66,3 +66,29 @@ def recovery_bench(
     except RuntimeError as error:
         raise fail(f"benchmark failed: {error}") from None
     typer.echo(json.dumps(result))
+
+
+@app.command("ws")
+def ws_bench(
+    clients: Annotated[str, typer.Option(help="client counts, comma-separated")] = "1000,5000",
+    client_processes: Annotated[int, typer.Option(min=1, help="processes holding the client connections")] = 4,
+    deliveries: Annotated[int, typer.Option(min=1000, help="frames delivered per throughput burst (all clients)")]
+    = 400_000,
+    seconds: Annotated[float, typer.Option(min=1.0, help="duration of each latency phase")] = 10.0,
+    latency_load: Annotated[float, typer.Option(min=0.01, max=1.0, help="latency phase load, a fraction of the "
+                                                "throughput just measured")] = 0.25,
+) -> None:
+    """WebSocket gateway fan-out per worker, trade commit → client latency, and a bare websockets floor."""
+    from connectors.websocket.bench import run
+
+    try:
+        counts = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError:
+        raise fail(f"--clients must be comma-separated integers, not {clients!r}") from None
+    if not counts or min(counts) < 4:
+        raise fail("--clients: each count must be at least 4 (one connection per market)")
+    try:
+        result = run(counts, client_processes, deliveries, seconds, latency_load, lambda m: typer.echo(m, err=True))
+    except RuntimeError as error:
+        raise fail(f"benchmark failed: {error}") from None
+    typer.echo(json.dumps(result))

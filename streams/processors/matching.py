@@ -26,7 +26,7 @@ import contextlib
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -77,6 +77,12 @@ _REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_
                       KafkaError.INVALID_RECORD})
 
 
+def _settings_book_snapshot_every() -> int:
+    from streams.settings import load_settings
+
+    return load_settings().engine_book_snapshot_every
+
+
 @dataclass(frozen=True)
 class MatchingConfig:
     bootstrap: str
@@ -89,6 +95,10 @@ class MatchingConfig:
     # Per partition: publish the state hashes alone this often, so that a recovery (which
     # replays from the newest snapshot) crosses recorded hashes and checks its replay.
     hash_every: int = 5_000
+    # Per market: after this many md.book deltas, the next md.book record is a full snapshot of
+    # the book (default EXCHANGE_ENGINE_BOOK_SNAPSHOT_EVERY), so a consumer that starts from the
+    # end of md.book finds a snapshot of every active market in a bounded backward read.
+    book_snapshot_every: int = field(default_factory=_settings_book_snapshot_every)
     session_timeout_ms: int = 10_000
     commit_timeout_s: float = 30.0
     max_runtime_s: float | None = None  # stop after this long (benchmarks, demos)
@@ -155,6 +165,7 @@ class _Owned:
         self.since_hash = 0
         self.pending: BackgroundSnapshot | None = None  # a snapshot or hash checkpoint being encoded by a child
         self.book_seq: dict[str, int] = {}  # last seq published on md.book per market (0: none yet)
+        self.book_deltas: dict[str, int] = {}  # md.book deltas per market since its last snapshot record
 
 
 class MatchingProcessor:
@@ -541,19 +552,27 @@ class MatchingProcessor:
         """One md.book delta per market per batch: the levels the batch changed, chained by seq.
 
         ``book_seq`` is the engine seq the delta brings the book up to and ``prev_book_seq`` the one
-        of the market's previous delta, so a consumer detects a lost delta; after recovery the first
-        delta of a market is a full snapshot of its book (``snapshot=true``)."""
+        of the market's previous delta, so a consumer detects a lost delta. A full snapshot of the
+        book (``snapshot=true``) is published instead of the delta as a market's first record after
+        recovery (``prev_book_seq`` 0: nothing before it is known to chain), and after every
+        ``book_snapshot_every`` deltas of the market (``prev_book_seq`` the previous delta's, so the
+        chain stays unbroken): counted per market, never timed, so the same batches publish the
+        same records."""
+        every = self.config.book_snapshot_every
         for market in sorted(markets):
             engine = owned.state.engines[market]
             prev = owned.book_seq.get(market)
-            if prev is None:
+            deltas = owned.book_deltas.get(market, 0)
+            if prev is None or deltas >= every:
                 engine.take_book_changes()
                 changes = [(side, price, qty) for side in (Side.BUY, Side.SELL)
                            for price, qty in engine.book_levels(side)]
                 snapshot = True
+                owned.book_deltas[market] = 0
             else:
                 changes = engine.take_book_changes()
                 snapshot = False
+                owned.book_deltas[market] = deltas + 1
             owned.book_seq[market] = engine.seq
             for record in book_records(market, engine.seq, prev or 0, snapshot, engine.last_ts, partition,
                                        last_offset, changes):

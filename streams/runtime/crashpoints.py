@@ -1,9 +1,13 @@
-"""Named crash points for crash tests: ``XCHG_CRASH_POINT=name[:n]`` SIGKILLs this process the
-n-th time (default 1st) execution reaches ``crash_point(name)``. Unset, a call costs one dict
-lookup. Points in use: ``after-produce`` (outputs produced, transaction not committed),
-``during-snapshot`` (snapshot record produced, transaction not committed), ``after-commit``.
-Fault points (``XCHG_FAULT_POINT``, ``fault_point``) raise instead of killing: for the error
-paths a process must take on its own.
+"""Named crash and fault points for tests of the failure paths, armed by settings:
+``EXCHANGE_CRASH_POINT=name[:n]`` SIGKILLs this process the n-th time (default 1st) execution
+reaches ``crash_point(name)``; ``EXCHANGE_FAULT_POINT=name[:n]`` raises ``InjectedFault`` at
+``fault_point(name)`` instead (a failure the process must handle on its own). Disarmed, a call
+costs one dict lookup.
+
+Crash points in use: ``after-produce`` (outputs produced, transaction not committed),
+``during-snapshot`` (snapshot record produced, transaction not committed), ``after-commit``, and
+the submitter's (``connectors/settlement``). Fault points: ``candle-fold`` (the candle agent),
+``ticker-fold`` (the ticker agent).
 """
 
 from __future__ import annotations
@@ -11,40 +15,53 @@ from __future__ import annotations
 import os
 import signal
 
-_armed: dict[str, int] = {}
-_spec = os.environ.get("XCHG_CRASH_POINT", "")
-if _spec:
-    name, _, count = _spec.partition(":")
-    _armed[name] = int(count or "1")
-
 
 class InjectedFault(RuntimeError):
-    """Raised at a fault point armed by ``XCHG_FAULT_POINT=name[:n]`` (tests of error paths)."""
+    """Raised at an armed fault point."""
 
 
-_faults: dict[str, int] = {}
-_fault_spec = os.environ.get("XCHG_FAULT_POINT", "")
-if _fault_spec:
-    fault_name, _, fault_count = _fault_spec.partition(":")
-    _faults[fault_name] = int(fault_count or "1")
+def _parse(spec: str) -> dict[str, int]:
+    if not spec:
+        return {}
+    name, _, count = spec.partition(":")
+    return {name: int(count or "1")}
+
+
+_armed: dict[str, dict[str, int]] = {}
+
+
+def _points(kind: str) -> dict[str, int]:
+    points = _armed.get(kind)
+    if points is None:
+        from streams.settings import load_settings
+
+        settings = load_settings()
+        _armed["crash"] = _parse(settings.crash_point)
+        _armed["fault"] = _parse(settings.fault_point)
+        points = _armed[kind]
+    return points
+
+
+def _reached(kind: str, name: str) -> bool:
+    """Count one pass through the point; True on the pass it is armed for."""
+    points = _points(kind)
+    remaining = points.get(name)
+    if remaining is None:
+        return False
+    if remaining <= 1:
+        del points[name]
+        return True
+    points[name] = remaining - 1
+    return False
 
 
 def fault_point(name: str) -> None:
-    """Raise ``InjectedFault`` the n-th time execution reaches this point (armed by
-    ``XCHG_FAULT_POINT``): how a test makes a component fail where no input could. Unset, a
-    call costs one dict lookup. Points in use: ``candle-fold`` (the market-data agent)."""
-    remaining = _faults.get(name)
-    if remaining is None:
-        return
-    if remaining <= 1:
+    """Raise ``InjectedFault`` the n-th time execution reaches this point (when armed)."""
+    if _reached("fault", name):
         raise InjectedFault(f"injected fault at {name}")
-    _faults[name] = remaining - 1
 
 
 def crash_point(name: str) -> None:
-    remaining = _armed.get(name)
-    if remaining is None:
-        return
-    if remaining <= 1:
+    """SIGKILL this process the n-th time execution reaches this point (when armed)."""
+    if _reached("crash", name):
         os.kill(os.getpid(), signal.SIGKILL)
-    _armed[name] = remaining - 1

@@ -122,7 +122,7 @@ def test_named_crash_points(point: str, stage: Stage, codec: Codec, log_dir: Pat
     Load(stage, count=12_000, rate=None, seed=12).start().join()
     process = engine(stage, "crashpt-1", log_dir, ["--snapshot-every", "1000", "--batch-size", "500"])
     for _ in range(3):
-        process.start({"XCHG_CRASH_POINT": point})
+        process.start({"EXCHANGE_CRASH_POINT": point})
         assert process.proc is not None
         assert process.proc.wait(120) == -signal.SIGKILL, f"crash point {point} not reached: {process.log_path}"
     process.start().wait_assigned()

@@ -32,7 +32,7 @@ def test_recovery_after_a_crash_checks_recorded_hashes(stage: Stage, codec: Code
     # crosses every checkpoint the killed engine committed.
     process = engine(stage, "hashes-1", log_dir,
                      ["--snapshot-every", "1000000", "--hash-every", "300", "--batch-size", "200"])
-    process.start({"XCHG_CRASH_POINT": "after-commit:25"})
+    process.start({"EXCHANGE_CRASH_POINT": "after-commit:25"})
     assert process.proc is not None
     assert process.proc.wait(120) == -signal.SIGKILL, f"crash point not reached: {process.log_path}"
     process.start().wait_assigned()

@@ -27,7 +27,7 @@ def test_a_crashing_agent_ends_the_worker_non_zero(kafka_bootstrap: str, unique:
     produce(kafka_bootstrap, ns, TRADES, random_trades(random.Random(1), ["CR-A"], 20, START))
     log = tmp_path / "marketdata.log"
     worker = ServiceProcess(["marketdata", "run", "--idle-exit", "30"], kafka_bootstrap, ns, log,
-                            env={"XCHG_FAULT_POINT": "candle-fold:5"}).start()
+                            env={"EXCHANGE_FAULT_POINT": "candle-fold:5"}).start()
     code = worker.wait(120)
     text = log.read_text()
     assert code != 0, text[-3000:]

@@ -26,9 +26,9 @@ def _start(stage: Stage, log_name: str, crash_point: str | None = None) -> subpr
            "EXCHANGE_RPC_URL": s.chain_rpc_url, "EXCHANGE_DATABASE_URL": s.database_url.get_secret_value(),
            "EXCHANGE_SETTLEMENT_DEPLOYMENT_FILE": str(s.settlement_deployment_file),
            "EXCHANGE_SETTLEMENT_MIN_DEPTH": str(s.settlement_min_depth)}
-    env.pop("XCHG_CRASH_POINT", None)
+    env.pop("EXCHANGE_CRASH_POINT", None)
     if crash_point:
-        env["XCHG_CRASH_POINT"] = crash_point
+        env["EXCHANGE_CRASH_POINT"] = crash_point
     log = open(stage.tmp / log_name, "wb")  # noqa: SIM115 (the child owns it)
     return subprocess.Popen([sys.executable, "-m", "streams.cli", "settle", "run"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)

@@ -187,7 +187,7 @@ def test_a_crashing_agent_ends_the_worker_non_zero(kafka_bootstrap: str, unique:
     produce(kafka_bootstrap, ns, TRADES, random_trades(random.Random(8), ["TC-A"], 20, 1_767_268_800_000))
     log = tmp_path / "ticker.log"
     process = worker(ns, kafka_bootstrap, log, no_leftover_processes, "--idle-exit", "60",
-                     env={"XCHG_FAULT_POINT": "ticker-fold:5"})
+                     env={"EXCHANGE_FAULT_POINT": "ticker-fold:5"})
     code = process.wait(180)
     text = log.read_text()
     assert code == EXIT_AGENT_CRASHED, text[-3000:]
