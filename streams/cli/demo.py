@@ -5,14 +5,18 @@
 3. read the committed outputs back (``read_committed``) and check their sequences;
 4. print commands per second, trades per second and a sample of trades;
 5. candles (faust) and the database sink, then a sample OHLCV query as the analyst role;
-6. settle the new trades on the local chain: batch, submit, finalize, reconcile.
+6. settle the new trades on the local chain: batch, submit, finalize, reconcile;
+7. the WebSocket gateway (``xchg ws serve``), started before the flow as a detached process that
+   keeps running after the demo, so the live page and ``xchg ws watch`` follow the demo's flow.
 
 Each run uses a new seed (the current size of the input log), so order ids never repeat across runs.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+import urllib.request
 
 import typer
 from rich.console import Console
@@ -24,9 +28,44 @@ from streams.settings import load_settings
 console = Console(highlight=False)
 
 
+GATEWAY_READY_S = 60.0
+
+
+def _gateway_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def start_gateway() -> str | None:
+    """Start ``xchg ws serve`` detached (PID file and log under ``.run/ws-gateway/``) unless it
+    answers already; its URL once it answers /healthz, None when it does not."""
+    from streams.services.stack import demo_gateway
+
+    settings = load_settings()
+    url = f"http://{settings.ws_host}:{settings.ws_port}"
+    process = demo_gateway(settings)
+    home = process.pid_file.parent
+    if not _gateway_answers(url):
+        if not process.running():
+            process.start([sys.executable, "-m", "streams.cli", "ws", "serve"])
+        deadline = time.monotonic() + GATEWAY_READY_S
+        while not _gateway_answers(url):
+            if time.monotonic() > deadline or not process.running():
+                console.print(f"[yellow]the WebSocket gateway does not answer on {url}: see {home / 'gateway.log'}"
+                              "[/yellow]")
+                return None
+            time.sleep(0.2)
+    return url
+
+
 @guarded
 def demo(commands: int = typer.Option(20_000, help="commands to produce"),
-         rate: float = typer.Option(0.0, help="commands per second (0 = as fast as possible)")) -> None:
+         rate: float = typer.Option(0.0, help="commands per second (0 = as fast as possible)"),
+         gateway: bool = typer.Option(True, "--gateway/--no-gateway",
+                                      help="start the WebSocket gateway (live page, xchg ws watch)")) -> None:
     """Produce orders, match them exactly once, read the results back, print a summary."""
     from streams.loadgen import OrderFlow, produce_flow
     from streams.markets import MarketRegistry
@@ -49,6 +88,13 @@ def demo(commands: int = typer.Option(20_000, help="commands to produce"),
         raise fail("topic orders.commands is missing: run `xchg topics apply`")
     seed = sum(watermarks(probe, ns(ORDERS_COMMANDS), p)[1] for p in range(partitions))
     trades_before = {p: watermarks(probe, ns(TRADES), p)[1] for p in range(partitions)}
+
+    gateway_url = None
+    if gateway:
+        console.rule("0. WebSocket gateway (xchg ws serve)")
+        gateway_url = start_gateway()
+        if gateway_url:
+            console.print(f"market data on {gateway_url} (live page: {gateway_url}/ ), following the flow below")
 
     console.rule("1. order flow → orders.commands")
     flow = OrderFlow([m.spec() for m in registry], seed)
@@ -103,4 +149,9 @@ def demo(commands: int = typer.Option(20_000, help="commands to produce"),
     from connectors.settlement.demo import settle_and_report
 
     console.print(settle_and_report(settings), markup=False)
+    if gateway_url:
+        console.rule("6. live market data")
+        console.print(f"WebSocket gateway: {gateway_url}  (open {gateway_url}/ in a browser, or run "
+                      "`.venv/bin/xchg ws watch BTC-USD`); protocol: docs/websocket-protocol.md; it keeps "
+                      "running until `make down` (`xchg infra down`)", markup=False)
     console.print("[green]demo complete[/green]")

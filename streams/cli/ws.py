@@ -81,3 +81,53 @@ def token(
     except TokenError as error:
         raise fail(str(error)) from None
     typer.echo(signed)
+
+
+@app.command("watch")
+@guarded
+def watch(
+    market: str = typer.Argument(..., help="market symbol, e.g. BTC-USD"),
+    url: str | None = typer.Option(None, help="gateway URL (default http://EXCHANGE_WS_HOST:EXCHANGE_WS_PORT)"),
+    levels: int = typer.Option(10, min=1, max=50, help="book levels shown per side"),
+    seconds: float = typer.Option(0.0, min=0.0, help="stop after this many seconds (0: until Ctrl-C)"),
+) -> None:
+    """Render MARKET's live book, last trades and ticker in the terminal, with the connection
+    state (live, reconnecting, polling-stale), through the client library."""
+    import asyncio
+    import contextlib
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from connectors.websocket.client import MarketDataClient
+    from connectors.websocket.watchview import WatchView, render
+    from streams.markets import MarketRegistry, RegistryError
+
+    settings = load_settings()
+    try:
+        spec = MarketRegistry.load(settings.markets_file).get(market)
+    except RegistryError as error:
+        raise fail(str(error)) from None
+    client = MarketDataClient(url or f"http://{settings.ws_host}:{settings.ws_port}")
+    view = WatchView(market, levels=levels)
+    console = Console()
+
+    async def follow() -> None:
+        with Live(render(view, spec.price, spec.qty), console=console, refresh_per_second=8,
+                  transient=False) as live:
+            async for update in client.subscribe(market, ("book", "trades", "ticker", "status")):
+                view.apply(update)
+                live.update(render(view, spec.price, spec.qty))
+
+    async def main() -> None:
+        if seconds:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(follow(), seconds)
+        else:
+            await follow()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    console.line()
+    typer.echo(f"{market}: {view.label}, book_seq {view.book.book_seq if view.book else '-'}, "
+               f"{view.updates} updates, {view.resyncs} resyncs")

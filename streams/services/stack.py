@@ -1,4 +1,5 @@
-"""The whole local stack: Kafka, PostgreSQL and anvil, started and stopped as one.
+"""The whole local stack: Kafka, PostgreSQL and anvil, started and stopped as one (and the
+WebSocket gateway ``make demo`` leaves running, stopped with them).
 
 ``up`` is idempotent (running services are left alone) and ``down`` stops only what the project
 started. Services configured as external endpoints (``EXCHANGE_KAFKA_BOOTSTRAP``,
@@ -14,6 +15,7 @@ from pathlib import Path
 from streams.services.chain import Anvil
 from streams.services.kafka import KafkaCluster
 from streams.services.postgres import PostgresCluster
+from streams.services.process import ManagedProcess
 from streams.settings import Settings
 
 SERVICES = ("kafka", "postgres", "anvil")
@@ -39,8 +41,18 @@ def up(settings: Settings, services: tuple[str, ...] = SERVICES, brokers: int | 
         Anvil(settings).up()
 
 
+def demo_gateway(settings: Settings) -> ManagedProcess:
+    """The detached ``xchg ws serve`` that ``xchg demo`` starts (PID file and log under
+    ``<runtime dir>/ws-gateway/``)."""
+    home = settings.runtime_dir / "ws-gateway"
+    return ManagedProcess("ws-gateway", home / "gateway.pid", home / "gateway.log", "ws serve")
+
+
 def down(settings: Settings, services: tuple[str, ...] = SERVICES) -> list[str]:
     stopped: list[str] = []
+    gateway = demo_gateway(settings)
+    if "kafka" in services and gateway.running() and gateway.stop():
+        stopped.append("ws-gateway")  # it reads Kafka: stopped before it
     if "anvil" in services and Anvil(settings).down():
         stopped.append("anvil")
     if "postgres" in services and PostgresCluster(settings).down():
