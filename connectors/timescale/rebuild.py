@@ -64,7 +64,6 @@ from streams.runtime.reader import ReadTimeout, read_range, watermarks
 from streams.serde.codec import Codec, DecodeError
 from streams.serde.topics import DLQ_SINK, MD_BOOK, MD_CANDLES, ORDERS_EVENTS, TRADES
 
-TABLES = ("trades", "order_events", "candles", "book_snapshots")
 REREAD_MARGIN = timedelta(minutes=5)
 SHOWN = 5  # keys shown per kind of difference
 
@@ -145,7 +144,7 @@ def _example(check: TableCheck, text: str) -> None:
 @dataclass
 class RebuildReport:
     since: datetime | None = None
-    records_total: int = 0
+    records_total: int = 0  # offsets between the start positions and the ends (records + markers)
     records: int = 0
     dead_letters: int = 0  # records of the topics the sink dead-lettered (not expected in the tables)
     notes: list[str] = field(default_factory=list)
@@ -510,7 +509,10 @@ def run_cli(settings: Any, since_text: str | None, yes: bool, console: Any) -> N
         typer.confirm(f"delete the analytics rows {'from ' + since.isoformat() if since else 'of every time'}"
                       " and rebuild them from the topics?", abort=True)
     config = SinkConfig.from_settings(settings)
-    with Progress(TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+    # The total is the offsets to read; the topics are transactional, so some offsets are
+    # transaction markers (or aborted records) and no record: the bar advances by records and is
+    # completed at the end, and the summary says how many offsets held none.
+    with Progress(TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(), TextColumn("offsets"),
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("rebuild", total=None)
         report = rebuild(config, since,
@@ -518,7 +520,9 @@ def run_cli(settings: Any, since_text: str | None, yes: bool, console: Any) -> N
                          on_progress=lambda n: progress.advance(task, n),
                          markets=market_rows(settings.markets_file))
         progress.update(task, completed=report.records_total)
-    console.print(f"records read: {report.records} of {report.records_total} in {report.seconds:.1f} s")
+    markers = max(0, report.records_total - report.records)
+    console.print(f"records read: {report.records} in {report.seconds:.1f} s, over {report.records_total} offsets "
+                  f"({markers} of them transaction markers or aborted records)")
     for line in report.lines():
         console.print(line)
     if not report.ok:

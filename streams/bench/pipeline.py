@@ -48,7 +48,7 @@ from streams.processors.matching import MatchingConfig, MatchingProcessor
 from streams.runtime.clients import consumer_config, make_producer, producer_config
 from streams.runtime.collector import paused
 from streams.runtime.namespace import Namespace
-from streams.runtime.reader import committed_total, standalone_consumer, watermarks
+from streams.runtime.reader import committed_total, standalone_consumer, topic_partitions, watermarks
 from streams.runtime.topic_admin import TopicAdmin, load_topic_file
 from streams.serde.codec import Codec
 from streams.serde.topics import ORDERS_COMMANDS, ORDERS_EVENTS
@@ -89,7 +89,7 @@ class Stage:
     def partitions(self) -> int:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         topic = self.ns(ORDERS_COMMANDS)
-        return len(admin.list_topics(topic, timeout=30).topics[topic].partitions)
+        return len(topic_partitions(admin, topic))
 
 
 def _flow(settings: Settings, seed: int) -> OrderFlow:

@@ -71,7 +71,7 @@ def demo(commands: int = typer.Option(20_000, help="commands to produce"),
     from streams.markets import MarketRegistry
     from streams.processors.matching import MatchingConfig, MatchingProcessor
     from streams.runtime.clients import make_producer
-    from streams.runtime.reader import read_range, standalone_consumer, watermarks
+    from streams.runtime.reader import read_range, standalone_consumer, topic_partitions, watermarks
     from streams.runtime.verify import check_outcomes, check_streams
     from streams.serde.codec import Codec
     from streams.serde.topics import ORDERS_COMMANDS, TRADES
@@ -83,7 +83,7 @@ def demo(commands: int = typer.Option(20_000, help="commands to produce"),
     registry = MarketRegistry.load(settings.markets_file)
     codec = Codec(schema_registry_url=settings.schema_registry_url)
     probe = standalone_consumer(bootstrap)
-    partitions = len(probe.list_topics(ns(ORDERS_COMMANDS), timeout=30).topics[ns(ORDERS_COMMANDS)].partitions)
+    partitions = len(topic_partitions(probe, ns(ORDERS_COMMANDS)))
     if not partitions:
         raise fail("topic orders.commands is missing: run `xchg topics apply`")
     seed = sum(watermarks(probe, ns(ORDERS_COMMANDS), p)[1] for p in range(partitions))

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, Message
 
 from streams.domain.events import is_outcome
 from streams.runtime.namespace import DEFAULT, Namespace
-from streams.runtime.reader import read_range, standalone_consumer, watermarks
+from streams.runtime.reader import read_range, standalone_consumer, topic_partitions, watermarks
 from streams.runtime.records import event_from_record
 from streams.runtime.sequence import BookChain, SequenceTracker
 from streams.serde.codec import Codec
@@ -25,8 +25,7 @@ from streams.serde.topics import DLQ_ORDERS_COMMANDS, MD_BOOK, ORDERS_COMMANDS, 
 
 def read_topic(consumer: Consumer, topic: str) -> Iterator[Message]:
     """Every committed record of every partition of ``topic``, partition by partition."""
-    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-    for partition in sorted(partitions):
+    for partition in topic_partitions(consumer, topic):
         low, high = watermarks(consumer, topic, partition)
         yield from read_range(consumer, topic, partition, low, high, batch=5000)
 

@@ -483,18 +483,63 @@ def test_metrics_table() -> None:
         assert (kind == "counter") == name.endswith("_total"), f"{name}: only counters end in _total"
 
 
-def test_declared_metrics_are_listed() -> None:
-    """Every ``xchg_`` metric that ``streams.observability`` declares is in METRICS.md, typed alike."""
-    observability = pytest.importorskip("streams.observability")
+# The modules that declare the project's metrics (each process exposes the ones it imports).
+METRIC_MODULES = ("streams.observability", "connectors.websocket.metrics")
+
+
+def declared_metrics() -> dict[str, str]:
+    """The ``xchg_`` metrics the code really declares: exposed name -> type (imported, not read
+    from any document)."""
+    import importlib
+
     from prometheus_client.metrics import MetricWrapperBase
 
-    table = metrics_table()
-    declared = [m for m in vars(observability).values() if isinstance(m, MetricWrapperBase)]
-    assert declared, "streams.observability declares no metrics"
-    for metric in declared:
-        for family in metric.describe():
-            exposed = f"{family.name}_total" if family.type == "counter" else family.name
-            assert table.get(exposed) == family.type, f"{exposed} ({family.type}) is not listed in METRICS.md"
+    declared: dict[str, str] = {}
+    for module in METRIC_MODULES:
+        for value in vars(importlib.import_module(module)).values():
+            if isinstance(value, MetricWrapperBase):
+                for family in value.describe():
+                    exposed = f"{family.name}_total" if family.type == "counter" else family.name
+                    declared[exposed] = family.type
+    return declared
+
+
+def test_declared_metrics_are_listed() -> None:
+    """METRICS.md lists exactly the metrics the code declares, typed alike (both ways: a listed
+    metric nothing declares is a document of a component that does not exist)."""
+    table, declared = metrics_table(), declared_metrics()
+    assert declared, "no module declares metrics"
+    for exposed, kind in declared.items():
+        assert table.get(exposed) == kind, f"{exposed} ({kind}) is not listed in METRICS.md"
+    undeclared = sorted(set(table) - set(declared))
+    assert not undeclared, f"METRICS.md lists metrics nothing declares: {undeclared}"
+
+
+def _dashboard_expressions() -> list[tuple[str, str]]:
+    out = []
+    for path in sorted((GRAFANA_DIR / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                out.append((f"{path.name}: panel {panel['title']!r}", target["expr"]))
+    return out
+
+
+def test_dashboards_and_alerts_use_declared_metrics() -> None:
+    """Every series a dashboard panel or an alert queries is declared by the code (or is one of
+    Prometheus's own): a panel over a metric nothing exports would stay empty for ever."""
+    declared = declared_metrics()
+    queries = _dashboard_expressions() + [(f"alert {name}", rule["expr"]) for name, rule in alert_rules().items()]
+    assert queries
+    for where, expr in queries:
+        for series in promql_metrics(expr):
+            assert series in PROMETHEUS_SERIES or resolve_series(series, declared), (
+                f"{where} uses {series}, which no module declares")
+
+
+def test_the_declared_metrics_check_fails_on_a_planted_metric() -> None:
+    declared = declared_metrics()
+    assert resolve_series("xchg_ws_connections", declared) is not None
+    assert resolve_series("xchg_nothing_declares_this", declared) is None
 
 
 def test_promql_metric_extraction() -> None:
