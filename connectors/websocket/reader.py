@@ -15,11 +15,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from connectors.websocket import startup
 from streams.observability import get_logger
-from streams.runtime.clients import consumer_config, raise_if_fatal
+from streams.runtime.clients import consumer_config, records
 from streams.runtime.namespace import Namespace
 from streams.serde.codec import Codec, DecodeError
 from streams.serde.topics import MD_BOOK, MD_CANDLES, MD_TICKER, ORDERS_EVENTS, TRADES
@@ -91,13 +91,7 @@ class TopicReader(threading.Thread):
             while not self.stopping.is_set():
                 messages = consumer.consume(num_messages=1000, timeout=0.05)
                 batch: Batch = []
-                for message in messages:
-                    error = message.error()
-                    if error is not None:
-                        raise_if_fatal(error)
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consume error", error=error.str())
-                        continue
+                for message in records(messages, log):
                     logical_name = logical.get(message.topic() or "")
                     if logical_name is None:
                         continue

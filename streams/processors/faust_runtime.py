@@ -19,8 +19,10 @@ whose consumer reads committed records only, the broker list, and the exit of a 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
@@ -73,3 +75,48 @@ class CommittedApp(faust.App):
 
     def _new_transport(self) -> Any:
         return _CommittedTransport(self.conf.broker_consumer, self)
+
+
+class WorkerConfig(Protocol):
+    """What a processor's config says about its faust worker."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    @property
+    def partitions(self) -> int: ...
+
+    @property
+    def commit_interval_s(self) -> float: ...
+
+    @property
+    def session_timeout_s(self) -> float: ...
+
+    @property
+    def instance_id(self) -> str: ...
+
+    @property
+    def data_dir(self) -> Path | None: ...
+
+    @property
+    def app_id(self) -> str: ...
+
+
+def worker_app(config: WorkerConfig, **overrides: Any) -> CommittedApp:
+    """The faust app of one processor, configured the one way every processor runs: the memory
+    store (state lives in the changelog), static group membership (a restarted worker gets its
+    partitions back at once), raw bytes in and out (the project's codec does Avro), acks from all
+    in-sync replicas, no web server, faust's data folder under ``data_dir`` (a temporary folder
+    when None, never the working directory). ``overrides`` adds or replaces faust settings."""
+    data_dir = (config.data_dir or Path(tempfile.gettempdir()) / "xchg-faust") / config.app_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {
+        "broker": broker_urls(config.bootstrap), "store": "memory://",
+        "topic_partitions": config.partitions, "topic_replication_factor": 1,
+        "broker_commit_interval": config.commit_interval_s, "broker_session_timeout": config.session_timeout_s,
+        "broker_heartbeat_interval": 1.0, "consumer_group_instance_id": config.instance_id,
+        "stream_recovery_delay": 0.0, "consumer_auto_offset_reset": "earliest", "web_enabled": False,
+        "datadir": str(data_dir), "producer_acks": -1, "producer_linger": 0.0, "table_standby_replicas": 0,
+        "key_serializer": "raw", "value_serializer": "raw",
+    }
+    return CommittedApp(config.app_id, **{**settings, **overrides})

@@ -45,7 +45,7 @@ from streams.observability import (
     TXN_SECONDS,
     get_logger,
 )
-from streams.runtime.clients import consumer_config, producer_config, raise_if_fatal
+from streams.runtime.clients import consumer_config, producer_config, records
 from streams.runtime.crashpoints import crash_point
 from streams.runtime.failures import OutputRefused
 from streams.runtime.namespace import DEFAULT, Namespace
@@ -318,15 +318,7 @@ class MatchingProcessor:
                     continue
                 idle_since = time.monotonic()
                 by_partition: dict[int, list[Message]] = {}
-                for message in messages:
-                    error = message.error()
-                    if error is not None:
-                        # e.g. another consumer took this instance id (ClientFatal): stop rather
-                        # than sit idle owning nothing; a supervisor restarts the process.
-                        raise_if_fatal(error)
-                        if error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consume error", error=error.str())
-                        continue
+                for message in records(messages, log):
                     by_partition.setdefault(message.partition() or 0, []).append(message)
                 # Skip partitions revoked meanwhile, or fetched before a rewind: the owner reprocesses them.
                 self._run_batches({p: batch for p, batch in by_partition.items()

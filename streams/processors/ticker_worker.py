@@ -51,7 +51,6 @@ import contextlib
 import json
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable
@@ -63,7 +62,7 @@ import faust
 
 from streams.errors import EXIT_AGENT_CRASHED
 from streams.observability import get_logger
-from streams.processors.faust_runtime import CommittedApp, broker_urls, read_committed_range
+from streams.processors.faust_runtime import read_committed_range, worker_app
 from streams.processors.ticker import State, fold, new_state, ticker, to_record
 from streams.runtime.crashpoints import fault_point
 from streams.runtime.namespace import Namespace
@@ -144,29 +143,8 @@ def build_app(config: TickerConfig) -> tuple[faust.App, Stats]:
     log = get_logger("ticker")
     codec = Codec(schema_registry_url=config.schema_registry_url)
     stats = Stats(started=time.monotonic(), last_event=time.monotonic())
-    data_dir = (config.data_dir or Path(tempfile.gettempdir()) / "xchg-ticker") / config.app_id
-    data_dir.mkdir(parents=True, exist_ok=True)
-    app = CommittedApp(
-        config.app_id,
-        broker=broker_urls(config.bootstrap),
-        store="memory://",
-        topic_partitions=config.partitions,
-        topic_replication_factor=1,
-        broker_commit_interval=config.commit_interval_s,
-        broker_session_timeout=config.session_timeout_s,
-        broker_heartbeat_interval=1.0,
-        consumer_group_instance_id=config.instance_id,
-        stream_recovery_delay=0.0,
-        stream_wait_empty=False,  # unacked (unflushed) inputs are read again after a restart
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-        datadir=str(data_dir),
-        producer_acks=-1,
-        producer_linger=0.0,
-        table_standby_replicas=0,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    # unacked (unflushed) inputs are read again after a restart
+    app = worker_app(config, stream_wait_empty=False)
     inputs = {config.namespace(TRADES): TRADES, config.namespace(MD_BOOK): MD_BOOK}
     source = app.topic(*inputs, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                        partitions=config.partitions)

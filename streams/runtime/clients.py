@@ -10,9 +10,10 @@ position, and TCP_NODELAY.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from streams.runtime.failures import ClientFatal
 
@@ -45,6 +46,21 @@ def raise_if_fatal(error: KafkaError | None) -> None:
     the project passes its message errors through here."""
     if error is not None and is_fatal(error):
         raise ClientFatal(f"{error.name()}: {error.str()}")
+
+
+def records(messages: Iterable[Message], log: Any) -> Iterator[Message]:
+    """The records among consumed messages. A fatal error raises ``ClientFatal`` (e.g. another
+    consumer took this static instance id: stop rather than sit idle owning nothing, a
+    supervisor restarts the process); a partition end is skipped; any other error is logged and
+    skipped (librdkafka retries it)."""
+    for message in messages:
+        error = message.error()
+        if error is None:
+            yield message
+            continue
+        raise_if_fatal(error)
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consume error", error=error.str())
 
 
 def producer_config(bootstrap: str, transactional_id: str | None = None, **overrides: Any) -> dict[str, Any]:
