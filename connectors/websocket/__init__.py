@@ -6,18 +6,18 @@ messages), ``limits`` (subscriptions, request rate, connections per address), ``
 ``startup`` (where to start reading), ``partitioning``. Thin edges: ``reader`` (Kafka thread),
 ``server`` (asyncio), ``workers`` (SO_REUSEPORT processes).
 
-Library choice: ``websockets`` 17.4 over ``picows`` 2.3.1.
+Library choice: ``websockets`` 17.4 over ``picows`` 2.3.1, by measurement.
 
-- Measured here (``python -m connectors.websocket.bench 200 200``: one server process, 200 clients
-  in another process, 127-byte frames, loopback, 2 shared cores): websockets 32,876 frames/s with
-  one ``send`` per frame and 60,600 frames/s with a tick's frames coalesced into one write
-  (``server.CoalescingConnection``); picows 3,357 / 3,441 frames/s in the same harness (an
-  anomaly of this harness, likely small writes meeting delayed ACKs, not investigated further).
-  The issue's own figures (1,000 clients, broadcast) were websockets 65-77k and picows 93-128k
-  frames/s, with coalescing cutting the cost per frame about tenfold.
-- Coalescing (which the gateway does anyway, one write per client per tick) removes most of the
-  per-frame overhead where picows' advantage lies, while websockets gives what picows does not:
-  plain HTTP on the same port (``process_request`` answers the REST fallback, ``/metrics`` and the
-  static page before any upgrade), keepalive ping/pong with a timeout, ``max_size``, and it is a
-  mature pure-Python-API library already in the environment.
+- A loopback comparison during development (one server process, 200 clients in another process,
+  127-byte frames, 2 shared cores): websockets 32,876 frames/s with one ``send`` per frame and
+  60,600 frames/s with a tick's frames coalesced into one write (``server.CoalescingConnection``);
+  picows measured 3,357 / 3,441 frames/s in the same harness, an anomaly of that harness (small
+  writes meeting delayed ACKs, likely), not a fair figure for picows, whose published broadcast
+  figures are some 1.3-1.7x websockets'.
+- Coalescing (the gateway writes once per client per tick anyway) removes most of the per-frame
+  overhead where picows' advantage lies, while websockets gives what picows does not: plain HTTP
+  on the same port (``process_request`` answers the REST fallback, ``/metrics`` and the static
+  page before any upgrade), keepalive ping/pong with a timeout, ``max_size``, and a mature API.
+- ``xchg bench ws`` measures the gateway against a bare websockets server making the same writes
+  (figures: docs/performance.md).
 """
