@@ -21,7 +21,8 @@ Design (see design.md §1: derived data is computed once, here, and everything e
   up to then, and only then (3) sends those states and positions to the changelog; faust (4)
   commits input offsets on its own clock. The changelog therefore never holds a state whose
   candles are not published. Offsets committed ahead of the changelog's position are caught by
-  the position check below (the records in between are folded again from the topic). After a
+  the position check below (the records in between are folded again from the topic), or, when no
+  later record of the partition comes, by the catch-up of a quiet second (``catch_up_when_quiet``). After a
   crash: changelog <= published candles, and the re-read trades with
   ``trade_id <= last`` are skipped (no double counting; their candles are already published), the
   rest are folded again from the recovered state and re-published (the same candles: a repeat,
@@ -295,20 +296,57 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
             try:
                 await handle(event)
             except Exception as error:
-                crash(event, error)
+                message = event.message
+                crash(error, topic=message.topic, partition=message.partition, offset=message.offset)
 
-    def crash(event: Any, error: Exception) -> None:
+    def crash(error: Exception, **where: Any) -> None:
         """End the worker now, non-zero. faust would otherwise keep the process alive without its
         agent: no candles for any market while it looks healthy, and nothing restarts it. The
         exit is immediate, like a SIGKILL, which recovery is built for: a graceful stop could
         flush a state that the failed record half changed, putting the changelog ahead of the
         published candles."""
-        message = event.message
-        log.error("candle agent crashed; stopping the worker", error=f"{type(error).__name__}: {error}",
-                  topic=message.topic, partition=message.partition, offset=message.offset)
+        log.error("candle agent crashed; stopping the worker", error=f"{type(error).__name__}: {error}", **where)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_AGENT_CRASHED)
+
+    def folded_position(partition: int) -> int:
+        """The next input offset of ``partition`` whose folding this worker knows of."""
+        known = progress.get(partition)
+        if known is not None:
+            return known
+        stored = table.get(f"__progress__:{partition}".encode())
+        return int(stored) if stored else 0
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def catch_up_when_quiet() -> None:
+        # Offsets committed ahead of the changelog (a crash before a flush) and then no further
+        # record of that partition: the position check in handle() never runs, and the records in
+        # between would never be folded. Once the agent has had nothing for a second, fold what
+        # lies between the folded position and the fetch position from the topic. (A trade folded
+        # twice by this and handle() is skipped by its trade id.)
+        if app.rebalancing or not recovery.completed.is_set() or time.monotonic() - stats.last_event < 1.0:
+            return
+        tps = [tp for tp in app.consumer.assignment() if tp.topic == trades.get_topic_name()]
+        for tp in tps:
+            try:
+                fetched = await app.consumer.position(tp)
+                folded = folded_position(tp.partition)
+                if fetched is None or fetched <= folded or time.monotonic() - stats.last_event < 1.0:
+                    continue
+                generation = forgotten[0]
+                missed = read_trades(config, codec, tp.topic, tp.partition, folded, fetched)
+                stats.refetched += len(missed)
+                if missed:
+                    log.info("folding records past the flushed position from the topic", partition=tp.partition,
+                             expected=folded, got=fetched, records=len(missed))
+                for earlier, value in missed:
+                    await apply(earlier, value, tp.partition, f"{tp.topic}/{tp.partition}")
+                if forgotten[0] == generation and fetched > folded_position(tp.partition):
+                    progress[tp.partition] = fetched
+                    dirty_progress[tp.partition] = fetched
+            except Exception as error:
+                crash(error, topic=tp.topic, partition=tp.partition, during="catch-up")
 
     @app.timer(interval=FLUSH_S)  # type: ignore[untyped-decorator]
     async def flush_when_quiet() -> None:
@@ -324,12 +362,13 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
 
         @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
         async def idle_check() -> None:
-            # The idle clock runs only while every assigned trades partition is fetched to its end.
+            # The idle clock runs only while every assigned trades partition is fetched to its end
+            # and folded up to where it is fetched (see catch_up_when_quiet).
             ready = not app.rebalancing and recovery.completed.is_set()
             tps = [tp for tp in app.consumer.assignment() if tp.topic == trades.get_topic_name()] if ready else []
             for tp in tps:
                 high, position = app.consumer.highwater(tp), await app.consumer.position(tp)
-                if high is None or position is None or position < high:
+                if high is None or position is None or position < high or folded_position(tp.partition) < position:
                     ready = False
             if not ready or not tps:
                 stats.last_event = time.monotonic()
