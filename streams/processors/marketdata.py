@@ -237,7 +237,7 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
 
     async def handle(event: Any) -> None:
         """Fold one input record (and any records before it that were not folded yet)."""
-        stats.last_event = time.monotonic()
+        stats.last_event = last_record[0] = time.monotonic()
         if not stats.first_trade:
             stats.first_trade = stats.last_event
         if not recovery.completed.is_set():
@@ -310,6 +310,9 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
         sys.stderr.flush()
         os._exit(EXIT_AGENT_CRASHED)
 
+    # When the agent last got a record (the idle check moves ``stats.last_event`` on its own).
+    last_record = [time.monotonic()]
+
     def folded_position(partition: int) -> int:
         """The next input offset of ``partition`` whose folding this worker knows of."""
         known = progress.get(partition)
@@ -325,14 +328,14 @@ def build_app(config: MarketDataConfig) -> tuple[faust.App, Stats]:
         # between would never be folded. Once the agent has had nothing for a second, fold what
         # lies between the folded position and the fetch position from the topic. (A trade folded
         # twice by this and handle() is skipped by its trade id.)
-        if app.rebalancing or not recovery.completed.is_set() or time.monotonic() - stats.last_event < 1.0:
+        if app.rebalancing or not recovery.completed.is_set() or time.monotonic() - last_record[0] < 1.0:
             return
         tps = [tp for tp in app.consumer.assignment() if tp.topic == trades.get_topic_name()]
         for tp in tps:
             try:
                 fetched = await app.consumer.position(tp)
                 folded = folded_position(tp.partition)
-                if fetched is None or fetched <= folded or time.monotonic() - stats.last_event < 1.0:
+                if fetched is None or fetched <= folded or time.monotonic() - last_record[0] < 1.0:
                     continue
                 generation = forgotten[0]
                 missed = read_trades(config, codec, tp.topic, tp.partition, folded, fetched)
