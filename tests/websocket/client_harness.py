@@ -65,12 +65,20 @@ class Follower:
         if self.silent:
             return None
         if (self.corrupt_next_delta and message.get("type") == "book" and not message.get("snapshot")
-                and message.get("bids")):
+                and message.get("bids") and self._checked(message["bids"][0][0])):
             self.corrupt_next_delta = False
             self.corrupted_at = time.monotonic()
             price, qty = message["bids"][0]
             return {**message, "bids": [[price, qty + 1], *message["bids"][1:]]}
         return message
+
+    def _checked(self, bid_price: int) -> bool:
+        """Whether a bid level at this price is inside the checksum (the top 10 bids once the
+        delta is applied): corrupting a deeper level is, by the protocol, not detectable."""
+        book = self.book
+        if book is None:
+            return False
+        return len(book.bids) < 10 or bid_price >= book.bids[9][0]
 
     def start(self) -> Follower:
         self.task = asyncio.get_running_loop().create_task(self.run())
