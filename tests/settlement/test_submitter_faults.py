@@ -221,21 +221,11 @@ def test_one_sender_per_key_and_a_fenced_zombie_cannot_write(stage: Stage, submi
 
 
 def status_records(stage: Stage, batch_seq: int) -> list[dict[str, object]]:
-    from streams.runtime.reader import read_range, standalone_consumer, watermarks
-    from streams.serde.codec import Codec
     from streams.serde.topics import SETTLEMENT_STATUS
+    from tests.sink.conftest import read_topic
 
-    codec = Codec()
-    consumer = standalone_consumer(stage.settings.bootstrap_servers)
-    topic = stage.ns(SETTLEMENT_STATUS)
-    out = []
-    try:
-        for p in range(4):
-            low, high = watermarks(consumer, topic, p)
-            out.extend(codec.decode(SETTLEMENT_STATUS, m.value()) for m in read_range(consumer, topic, p, low, high))
-    finally:
-        consumer.close()
-    return [r for r in out if r["batch_seq"] == batch_seq]
+    return [r for r in read_topic(stage.settings.bootstrap_servers, stage.ns, SETTLEMENT_STATUS)
+            if r["batch_seq"] == batch_seq]
 
 
 def test_resume_is_a_transition_with_its_row_status_record_and_epoch_check(stage: Stage) -> None:
